@@ -1,0 +1,63 @@
+"""Feature enhancer: fuses SAM2's 1/4, 1/8 and 1/16 neck levels.
+
+EM structures (synaptic clefts, thin glial processes, small mitochondria) are a few pixels wide, so
+the coarse 1/16 embedding that SAM's mask decoder attends over misses them. The enhancer lets each
+level see the others: the 1/16 embedding receives pooled fine detail, and the 1/8 and 1/4 maps that
+the decoder uses for upscaling receive the coarse context. Every branch is residual with a
+zero-initialised output, so at initialisation the enhancer is the identity and a pretrained decoder
+sees exactly the features it was trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _FusionBlock(nn.Module):
+    """Concatenated levels -> 1x1 reduce -> norm -> GELU -> depthwise 3x3 -> 1x1 (zero-init)."""
+
+    def __init__(self, *, in_channels: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, hidden, kernel_size=1)
+        self.norm = nn.GroupNorm(num_groups=_groups(hidden), num_channels=hidden)
+        self.spatial = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.out = nn.Conv2d(hidden, channels, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.spatial(F.gelu(self.norm(self.reduce(x))))))
+
+
+def _groups(channels: int) -> int:
+    for groups in (8, 4, 2):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class FeatureEnhancer(nn.Module):
+    """Cross-level fusion of the three neck levels, each keeping its shape.
+
+    Inputs and outputs: ``(fine, mid, coarse)`` of shapes (N, D, 4h, 4w), (N, D, 2h, 2w), (N, D, h, w),
+    the strides 4, 8 and 16 of the input image.
+    """
+
+    def __init__(self, *, channels: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(channels // 2, 8)
+        self.coarse = _FusionBlock(in_channels=3 * channels, channels=channels, hidden=hidden)
+        self.mid = _FusionBlock(in_channels=3 * channels, channels=channels, hidden=hidden)
+        self.fine = _FusionBlock(in_channels=2 * channels, channels=channels, hidden=hidden)
+
+    def forward(
+        self, fine: torch.Tensor, mid: torch.Tensor, coarse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        coarse = coarse + self.coarse(torch.cat([F.avg_pool2d(fine, 4), F.avg_pool2d(mid, 2), coarse], dim=1))
+        up_coarse = F.interpolate(coarse, size=mid.shape[-2:], mode="bilinear", align_corners=False)
+        mid = mid + self.mid(torch.cat([F.avg_pool2d(fine, 2), mid, up_coarse], dim=1))
+        up_mid = F.interpolate(mid, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        fine = fine + self.fine(torch.cat([fine, up_mid], dim=1))
+        return fine, mid, coarse

@@ -1,0 +1,111 @@
+"""3D memory across slices, built from SAM2's memory encoder and memory attention.
+
+Slices of a stack are processed in order. After each slice, SAM2's memory encoder fuses the slice's
+1/16 features with its predicted mask into a memory entry; the last N entries form the bank. The next
+slice's features attend to the bank through SAM2's memory attention, with the z-distance to each
+entry encoded by SAM2's learned temporal position embedding. Each entry is a distinct tensor computed
+from its own slice (the reference implementation's slots were identical copies, which made its
+attention uniform).
+
+The bank is plain state outside the module: one bank per volume (and per tile column), created
+empty, so nothing leaks from one volume to the next and no ground truth ever enters.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MemoryEntry:
+    """One slice's memory: features and spatial position encoding, both (N, M, h, w)."""
+
+    features: torch.Tensor
+    position: torch.Tensor
+
+
+@dataclass
+class MemoryBank:
+    """The last `capacity` memory entries, most recent last."""
+
+    capacity: int
+    entries: deque[MemoryEntry] = field(default_factory=deque)
+
+    def push(self, entry: MemoryEntry) -> None:
+        self.entries.append(entry)
+        while len(self.entries) > self.capacity:
+            self.entries.popleft()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def detach(self) -> None:
+        """Cut the autograd graph (truncated backpropagation through z)."""
+        self.entries = deque(MemoryEntry(e.features.detach(), e.position.detach()) for e in self.entries)
+
+
+class SliceMemory(nn.Module):
+    """Conditions a slice's coarse features on the memory bank and encodes new entries.
+
+    `memory_encoder` and `memory_attention` are transformers' SAM2 modules; `temporal_encoding` is
+    SAM2's (R, 1, 1, M) table of temporal position embeddings, indexed as in SAM2: an entry d slices
+    away uses row R - 1 - d. `no_memory_embedding` (1, 1, D) marks a slice that has no memory yet.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_encoder: nn.Module,
+        memory_attention: nn.Module,
+        temporal_encoding: nn.Parameter,
+        no_memory_embedding: nn.Parameter,
+        capacity: int,
+        sigmoid_scale: float = 20.0,
+        sigmoid_bias: float = -10.0,
+    ) -> None:
+        super().__init__()
+        if capacity < 1 or capacity > temporal_encoding.shape[0] - 1:
+            raise ValueError(
+                f"memory capacity {capacity} must be between 1 and {temporal_encoding.shape[0] - 1} "
+                "(the temporal encoding table has one row per distance plus one)"
+            )
+        self.memory_encoder = memory_encoder
+        self.memory_attention = memory_attention
+        self.temporal_encoding = temporal_encoding
+        self.no_memory_embedding = no_memory_embedding
+        self.capacity = capacity
+        self.sigmoid_scale = sigmoid_scale
+        self.sigmoid_bias = sigmoid_bias
+
+    def new_bank(self) -> MemoryBank:
+        return MemoryBank(capacity=self.capacity)
+
+    def condition(self, features: torch.Tensor, position: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+        """features (N, D, h, w), position (N, D, h, w) -> memory-conditioned features (N, D, h, w)."""
+        if len(bank) == 0:
+            return features + self.no_memory_embedding.view(1, -1, 1, 1)
+        n, d, h, w = features.shape
+        rows = self.temporal_encoding.shape[0]
+        memories, positions = [], []
+        for distance, entry in enumerate(reversed(bank.entries), start=1):
+            memories.append(entry.features.flatten(2).permute(2, 0, 1))
+            temporal = self.temporal_encoding[rows - 1 - distance].reshape(1, 1, -1)
+            positions.append(entry.position.flatten(2).permute(2, 0, 1) + temporal)
+        out = self.memory_attention(
+            current_vision_features=features.flatten(2).permute(2, 0, 1),
+            current_vision_position_embeddings=position.flatten(2).permute(2, 0, 1),
+            memory=torch.cat(memories, dim=0),
+            memory_posision_embeddings=torch.cat(positions, dim=0),
+        )
+        # transformers returns (1, N, h*w, D) here (sequence-first with a singleton axis).
+        return out.reshape(n, h * w, d).transpose(1, 2).reshape(n, d, h, w)
+
+    def encode(self, features: torch.Tensor, mask_logits: torch.Tensor) -> MemoryEntry:
+        """features (N, D, h, w) and mask logits (N, 1, H, W) at input resolution -> a memory entry."""
+        mask = torch.sigmoid(mask_logits) * self.sigmoid_scale + self.sigmoid_bias
+        encoded, position = self.memory_encoder(features, mask)
+        return MemoryEntry(features=encoded, position=position.expand_as(encoded))

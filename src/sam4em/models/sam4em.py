@@ -1,0 +1,215 @@
+"""The SAM4EM module: SAM2 parts composed into a prompt-free, two-stage, slice-to-slice segmenter.
+
+Every part is passed in (see `sam4em.models.registry.build_model` for how they are made), so the
+ablations are the same class with a part left out: no enhancer, no second stage, no memory, or
+static prompts instead of the prompt generator.
+
+Axes: images are (B, 1, H, W) floats in [0, 1] (one EM slice per item, already intensity-normalised);
+clips are (B, K, 1, H, W) with K consecutive slices in z order; logits are (B, C, H, W) per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam4em.models.memory import MemoryBank, SliceMemory
+
+# SAM2 normalises RGB inputs with ImageNet statistics; a gray EM slice is repeated over 3 channels.
+_PIXEL_MEAN = (0.485, 0.456, 0.406)
+_PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Encoder output for a batch of slices: levels (fine, mid, coarse) at strides 4, 8, 16, each
+    (B, D, h, w), and the coarse level's position encoding (B, D, h, w)."""
+
+    fine: torch.Tensor
+    mid: torch.Tensor
+    coarse: torch.Tensor
+    position: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SliceOutput:
+    """Logits (B, C, H, W) of both stages; `stage2` is None for single-stage ablations.
+
+    `low_res_stage1` (B * C, 1, H/4, W/4) is what stage 2 consumes as its mask prompt.
+    """
+
+    stage1: torch.Tensor
+    stage2: torch.Tensor | None
+    low_res_stage1: torch.Tensor
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The final prediction: stage 2 when present."""
+        return self.stage2 if self.stage2 is not None else self.stage1
+
+
+@dataclass(frozen=True)
+class ClipOutput:
+    """Logits (B, K, C, H, W) for every slice of a clip, both stages."""
+
+    stage1: torch.Tensor
+    stage2: torch.Tensor | None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.stage2 if self.stage2 is not None else self.stage1
+
+
+class SAM4EM(nn.Module):
+    """Prompt-free SAM2 for EM: LoRA encoder, feature enhancer, prompt generator, two decoders, memory."""
+
+    def __init__(
+        self,
+        *,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        image_position: nn.Module,
+        prompt_generator: nn.Module,
+        stage1_decoder: nn.Module,
+        stage2_decoder: nn.Module | None,
+        enhancer: nn.Module | None,
+        memory: SliceMemory | None,
+        num_classes: int,
+        image_size: int,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.image_position = image_position
+        self.prompt_generator = prompt_generator
+        self.stage1_decoder = stage1_decoder
+        self.stage2_decoder = stage2_decoder
+        self.enhancer = enhancer
+        self.memory = memory
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.register_buffer("pixel_mean", torch.tensor(_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    # -- encoder -------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> ImageFeatures:
+        """images (B, 1, S, S), S = `image_size`, values in [0, 1] -> enhanced features."""
+        if images.ndim != 4 or images.shape[1] != 1 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"expected images of shape (B, 1, {self.image_size}, {self.image_size}), got {tuple(images.shape)}"
+            )
+        pixels = (images.expand(-1, 3, -1, -1) - self.pixel_mean) / self.pixel_std
+        out = self.image_encoder(pixels)
+        fine, mid, coarse = out.fpn_hidden_states
+        if self.enhancer is not None:
+            fine, mid, coarse = self.enhancer(fine, mid, coarse)
+        return ImageFeatures(fine=fine, mid=mid, coarse=coarse, position=out.fpn_position_encoding[-1])
+
+    # -- decoding ------------------------------------------------------------------------------
+    def decode(self, features: ImageFeatures, bank: MemoryBank | None = None) -> SliceOutput:
+        """Both decoding stages for one batch of slices, conditioned on `bank` when given.
+
+        Classes are folded into the batch (N = B * C, batch-major) so that each class has its own
+        prompts, its own memory and its own mask, exactly like SAM2 tracks several objects.
+        """
+        c = self.num_classes
+        coarse = features.coarse.repeat_interleave(c, dim=0)
+        position = features.position.repeat_interleave(c, dim=0)
+        if self.memory is not None and bank is not None:
+            coarse = self.memory.condition(coarse, position, bank)
+        sparse, dense = self.prompt_generator(coarse, position)
+        dense = dense + self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
+        low1 = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense)
+        low2 = None
+        if self.stage2_decoder is not None:
+            low2 = self.refine(features, coarse, sparse, low1)
+        stage1 = self._to_image(low1)
+        stage2 = self._to_image(low2) if low2 is not None else None
+        return SliceOutput(stage1=stage1, stage2=stage2, low_res_stage1=low1)
+
+    def refine(
+        self,
+        features: ImageFeatures,
+        coarse: torch.Tensor,
+        sparse: torch.Tensor,
+        stage1_low_res: torch.Tensor,
+    ) -> torch.Tensor:
+        """Stage 2: the stage-1 logits (N, 1, H/4, W/4) become SAM's dense mask prompt -> logits (N, 1, H/4, W/4)."""
+        if self.stage2_decoder is None:
+            raise RuntimeError("this model has no second stage")
+        dense = self.prompt_encoder.mask_embed(stage1_low_res)
+        return self._run_decoder(self.stage2_decoder, features, coarse, sparse, dense)
+
+    def _run_decoder(
+        self,
+        decoder: nn.Module,
+        features: ImageFeatures,
+        coarse: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+    ) -> torch.Tensor:
+        c = self.num_classes
+        n = coarse.shape[0]
+        high_res = [
+            decoder.conv_s0(features.fine).repeat_interleave(c, dim=0),
+            decoder.conv_s1(features.mid).repeat_interleave(c, dim=0),
+        ]
+        masks, _, _, _ = decoder(
+            image_embeddings=coarse,
+            image_positional_embeddings=self._decoder_position(coarse).expand(n, -1, -1, -1),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            high_resolution_features=high_res,
+        )
+        return masks[:, 0]  # (N, 1, H/4, W/4)
+
+    def _decoder_position(self, coarse: torch.Tensor) -> torch.Tensor:
+        h, w = coarse.shape[-2:]
+        grid = torch.ones((h, w), device=coarse.device, dtype=coarse.dtype)
+        y = (grid.cumsum(0) - 0.5) / h
+        x = (grid.cumsum(1) - 0.5) / w
+        return self.image_position(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
+
+    def _to_image(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(B * C, 1, h, w) -> (B, C, S, S)."""
+        up = F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return up.view(-1, self.num_classes, self.image_size, self.image_size)
+
+    # -- memory --------------------------------------------------------------------------------
+    def new_memory_bank(self) -> MemoryBank | None:
+        """An empty bank for a new volume (None for models without memory)."""
+        return self.memory.new_bank() if self.memory is not None else None
+
+    def remember(self, features: ImageFeatures, output: SliceOutput, bank: MemoryBank | None) -> None:
+        """Encode this slice's features and final prediction into `bank`."""
+        if self.memory is None or bank is None:
+            return
+        coarse = features.coarse.repeat_interleave(self.num_classes, dim=0)
+        logits = output.logits.reshape(-1, 1, self.image_size, self.image_size)
+        bank.push(self.memory.encode(coarse, logits))
+
+    # -- whole passes --------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None) -> SliceOutput:
+        """One batch of slices (B, 1, S, S); when `bank` is given, it is read and then extended."""
+        features = self.encode(images)
+        output = self.decode(features, bank)
+        self.remember(features, output, bank)
+        return output
+
+    def forward_clip(self, clip: torch.Tensor) -> ClipOutput:
+        """A clip (B, K, 1, S, S) in z order, from an empty memory -> logits (B, K, C, S, S)."""
+        bank = self.new_memory_bank()
+        stage1, stage2 = [], []
+        for k in range(clip.shape[1]):
+            out = self(clip[:, k], bank)
+            stage1.append(out.stage1)
+            if out.stage2 is not None:
+                stage2.append(out.stage2)
+        return ClipOutput(
+            stage1=torch.stack(stage1, dim=1),
+            stage2=torch.stack(stage2, dim=1) if stage2 else None,
+        )

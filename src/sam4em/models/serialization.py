@@ -1,0 +1,106 @@
+"""Saving and loading trained models: ``model.safetensors`` (no pickle) plus ``config.yaml``.
+
+When the base is a pretrained public SAM2, only what fine-tuning changed is saved (LoRA, adapters,
+decoders, prompt encoder, memory): the frozen image encoder comes back from the public weights.
+Otherwise (a from-scratch base) every weight is saved.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from sam4em.models.lora import is_lora_parameter
+from sam4em.models.registry import (
+    BuildOptions,
+    CheckpointError,
+    build_model,
+    compose,
+    get_spec,
+    load_state_strict,
+)
+from sam4em.models.sam4em import SAM4EM
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def model_record(model: SAM4EM) -> dict[str, Any]:
+    """What `config.yaml` says about a model: its base, build options and which weights are saved."""
+    return {
+        "base": model.spec_name,
+        "pretrained_base": bool(model.pretrained_base),
+        # A hub id, a folder or a Meta .pt file: where the frozen weights come back from on loading.
+        "base_weights": model.weights_source,
+        "weights": "adapters" if model.pretrained_base else "full",
+        "build": model.build_options.to_dict(),
+        "class_names": list(getattr(model, "class_names", []) or []),
+    }
+
+
+def saved_state(model: SAM4EM) -> dict:
+    """The tensors to save: all of them, or all but the frozen pretrained image encoder."""
+    state = model.state_dict()
+    if model.pretrained_base:
+        state = {k: v for k, v in state.items() if not k.startswith("image_encoder.") or is_lora_parameter(k)}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_model(model: SAM4EM, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.yaml`` into `directory`, each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {**model_record(model), **(extra or {})}
+    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(saved_state(model), tmp))
+    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump({"model": record}, sort_keys=False)))
+    return directory
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_model_record(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; a trained model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if "model" not in data or "base" not in data["model"]:
+        raise CheckpointError(f"{path}: no 'model.base' entry; is this a sam4em run folder?")
+    return data["model"]
+
+
+def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4EM:
+    """A trained model from its folder, or a registry name (random or pretrained weights as built)."""
+    path = Path(run_dir_or_id)
+    if not path.is_dir():
+        get_spec(str(run_dir_or_id))  # a clear error for names that are neither
+        model = build_model(str(run_dir_or_id), pretrained=False)
+        return model.to(device) if device else model
+    record = read_model_record(path)
+    options = BuildOptions(**record["build"])
+    model = compose(get_spec(record["base"]), options, weights_source=record.get("base_weights"))
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: no such file; the run may not have finished (see its checkpoints/)")
+    state = load_file(weights)
+    load_state_strict(model, state, source=str(weights), subset=record["weights"] == "adapters")
+    if record["weights"] == "adapters":
+        missing = set(saved_state(model)) - set(state)
+        if missing:
+            raise CheckpointError(f"{weights}: {len(missing)} tensors missing, e.g. {sorted(missing)[:5]}")
+    model.class_names = record.get("class_names", [])
+    model.eval()
+    return model.to(device) if device else model

@@ -1,0 +1,195 @@
+"""The SAM4EM model: shapes, what trains, gradient flow, the two stages, the memory, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam4em.models import CheckpointError, build_model, load_model, save_model, set_trainable
+from sam4em.models.lora import is_lora_parameter
+from sam4em.models.registry import is_adapter_parameter
+
+
+@pytest.fixture(scope="module")
+def tiny3():
+    return build_model("test-tiny", 3, pretrained=False).eval()
+
+
+def _slices(n: int, seed: int, size: int = 64) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, size, size, generator=generator)
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_output_shapes(num_classes):
+    model = build_model("test-tiny", num_classes, pretrained=False).eval()
+    with torch.no_grad():
+        out = model(_slices(2, 0))
+        clip = model.forward_clip(_slices(4, 1).unsqueeze(0))
+    assert out.stage1.shape == out.stage2.shape == (2, num_classes, 64, 64)
+    assert clip.logits.shape == (1, 4, num_classes, 64, 64)
+    assert torch.isfinite(clip.logits).all()
+
+
+def test_test_tiny_is_small():
+    model = build_model("test-tiny", 1, pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_same_name_same_weights_in_every_build():
+    a = build_model("test-tiny", 2, pretrained=False).state_dict()
+    torch.manual_seed(12345)  # the global RNG must not matter
+    b = build_model("test-tiny", 2, pretrained=False).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_mode_trains_only_lora_and_adapters_under_ten_percent():
+    model = build_model("sam2.1-hiera-tiny", 1, pretrained=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing would train"
+    assert all(is_lora_parameter(n) or is_adapter_parameter(n) for n in trainable)
+    # Every Hiera block's qkv carries LoRA, and the encoder's own weights are frozen.
+    blocks = {n.split(".attn.")[0] for n in trainable if n.startswith("image_encoder.") and ".attn.qkv.lora_A" in n}
+    num_blocks = sum(model.image_encoder.config.backbone_config.blocks_per_stage)
+    assert len(blocks) == num_blocks
+    assert not any(p.requires_grad for n, p in model.image_encoder.named_parameters() if not is_lora_parameter(n))
+    assert not any(p.requires_grad for p in model.memory.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    share = sum(p.numel() for n, p in model.named_parameters() if n in trainable) / total
+    assert share < 0.10, f"{share:.1%} of parameters trainable"
+
+
+def test_lora_rank_is_configurable():
+    model = build_model("test-tiny", 1, pretrained=False, finetune="lora", lora_rank=4)
+    a = next(p for n, p in model.named_parameters() if n.endswith("qkv.lora_A.default.weight"))
+    assert a.shape[0] == 4
+
+
+def test_backward_reaches_every_trainable_parameter():
+    for finetune in ("full", "lora"):
+        model = build_model("test-tiny", 2, pretrained=False, finetune=finetune).train()
+        set_trainable(model, finetune=finetune, memory=True)
+        # Zero-initialised outputs (LoRA's B, the enhancer's last convs) block the gradient of the layers
+        # before them at step 0; perturb every weight a little, as one optimiser step would.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        out = model.forward_clip(_slices(3, 2).unsqueeze(0))
+        (out.stage1.mean() + out.stage2.mean()).backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        assert not missing, f"{finetune}: no gradient for {missing[:10]}"
+
+
+def test_stage2_consumes_stage1(tiny3):
+    with torch.no_grad():
+        features = tiny3.encode(_slices(1, 3))
+        coarse = features.coarse.repeat_interleave(3, dim=0)
+        position = features.position.repeat_interleave(3, dim=0)
+        sparse, _ = tiny3.prompt_generator(coarse, position)
+        low1 = tiny3.decode(features).low_res_stage1
+        a = tiny3.refine(features, coarse, sparse, low1)
+        b = tiny3.refine(features, coarse, sparse, low1 + 5.0 * torch.randn_like(low1))
+        c = tiny3.refine(features, coarse, sparse, low1.clone())
+    assert torch.equal(a, c)
+    assert (a - b).abs().max() > 0.1 * a.abs().max()
+
+
+def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def test_memory_is_not_degenerate(tiny3):
+    """Random weights make the memory's effect small but it must be there: float32 noise is ~1e-7."""
+    current = _slices(1, 10)
+    with torch.no_grad():
+        outputs = []
+        for history_seed in (20, 21):
+            bank = tiny3.new_memory_bank()
+            for k in range(3):
+                tiny3(_slices(1, history_seed + 100 * k), bank)
+            outputs.append(tiny3(current, bank).logits)
+        no_memory = tiny3(current, tiny3.new_memory_bank()).logits
+    assert _relative_change(outputs[0], outputs[1]) > 1e-4, "different earlier slices must change the output"
+    assert _relative_change(outputs[0], no_memory) > 1e-4
+    # The entries of a bank are distinct (the reference implementation's slots were identical).
+    bank = tiny3.new_memory_bank()
+    with torch.no_grad():
+        for k in range(3):
+            tiny3(_slices(1, 30 + k), bank)
+    features = [e.features for e in bank.entries]
+    assert all((features[i] - features[j]).abs().max() > 1e-4 for i in range(3) for j in range(i + 1, 3))
+
+
+def test_memory_order_matters_through_temporal_encoding(tiny3):
+    """Same slices, different z-distances: the temporal position embedding must make a difference."""
+    a, b, current = _slices(1, 40), _slices(1, 41), _slices(1, 42)
+    with torch.no_grad():
+        results = []
+        for order in ((a, b), (b, a)):
+            bank = tiny3.new_memory_bank()
+            for s in order:
+                tiny3(s, bank)
+            results.append(tiny3(current, bank).logits)
+    assert _relative_change(results[0], results[1]) > 1e-5
+
+
+def test_bank_keeps_only_capacity_entries():
+    model = build_model("test-tiny", 1, pretrained=False, memory_capacity=2).eval()
+    bank = model.new_memory_bank()
+    with torch.no_grad():
+        for k in range(5):
+            model(_slices(1, k), bank)
+    assert len(bank) == 2
+
+
+def test_memory_capacity_is_checked():
+    with pytest.raises(ValueError, match="capacity"):
+        build_model("sam2.1-hiera-tiny", 1, pretrained=False, memory_capacity=7)
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    model = build_model("test-tiny", 2, pretrained=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # as if trained: differs from the seeded init
+        expected = model.forward_clip(_slices(3, 5).unsqueeze(0)).logits
+    save_model(model, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "model.safetensors"]
+    loaded = load_model(tmp_path / "run")
+    with torch.no_grad():
+        got = loaded.forward_clip(_slices(3, 5).unsqueeze(0)).logits
+    assert torch.equal(expected, got)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown model 'sam3-huge'.*test-tiny"):
+        build_model("sam3-huge", 1)
+
+
+def test_unknown_build_option_is_refused():
+    with pytest.raises(TypeError, match="lora_rnak"):
+        build_model("test-tiny", 1, pretrained=False, lora_rnak=4)
+
+
+def test_mismatched_checkpoint_is_refused_with_the_list(tmp_path):
+    model = build_model("test-tiny", 2, pretrained=False)
+    save_model(model, tmp_path / "run")
+    config = (tmp_path / "run" / "config.yaml").read_text().replace("num_classes: 2", "num_classes: 3")
+    (tmp_path / "run" / "config.yaml").write_text(config)
+    with pytest.raises(CheckpointError, match="mismatched shape.*prompt_generator"):
+        load_model(tmp_path / "run")
+
+
+def test_ablations_build_and_run():
+    variants = {
+        "no enhancer": {"enhancer": False},
+        "one stage": {"two_stage": False, "prompt_generator": False, "memory": False},
+        "no memory": {"memory": False},
+    }
+    for label, options in variants.items():
+        model = build_model("test-tiny", 2, pretrained=False, **options).eval()
+        with torch.no_grad():
+            out = model.forward_clip(_slices(2, 6).unsqueeze(0))
+        assert out.logits.shape == (1, 2, 2, 64, 64), label
+        assert (out.stage2 is None) == (not options.get("two_stage", True)), label
