@@ -1,0 +1,1 @@
+"""Inference: tiling maths, slice-by-slice prediction with memory, whole-volume segmentation."""

@@ -337,16 +337,19 @@ _UNUSED = re.compile(
 
 
 def set_trainable(model: SAM4EM, *, finetune: FineTune, memory: bool) -> None:
-    """`full`: everything trains. `lora`: LoRA and adapter parameters train, SAM2's own weights stay
-    frozen; `memory=True` also trains the memory encoder and memory attention (stage-2 training)."""
+    """`full`: everything but the memory trains. `lora`: LoRA and adapter parameters train, SAM2's own
+    weights stay frozen. `memory=True` also trains the memory encoder and memory attention (the 3D
+    stage); in the 2D stage they have nothing to learn from."""
     for name, parameter in model.named_parameters():
         if _UNUSED.match(name):
             parameter.requires_grad_(False)
+        elif name.startswith("memory."):
+            parameter.requires_grad_(memory)
         elif finetune == "full":
             parameter.requires_grad_(True)
         else:
             trainable = is_lora_parameter(name) or is_adapter_parameter(name)
-            parameter.requires_grad_(trainable or (memory and name.startswith("memory.")))
+            parameter.requires_grad_(trainable)
 
 
 def load_sam2_weights(sam2: Sam2VideoModel, source: str | Path) -> None:

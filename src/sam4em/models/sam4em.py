@@ -118,8 +118,9 @@ class SAM4EM(nn.Module):
         c = self.num_classes
         coarse = features.coarse.repeat_interleave(c, dim=0)
         position = features.position.repeat_interleave(c, dim=0)
-        if self.memory is not None and bank is not None:
-            coarse = self.memory.condition(coarse, position, bank)
+        if self.memory is not None:
+            # Without a bank this is a first slice: SAM2's "no memory" embedding, as at inference.
+            coarse = self.memory.condition(coarse, position, bank if bank is not None else self.memory.new_bank())
         sparse, dense = self.prompt_generator(coarse, position)
         dense = dense + self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         low1 = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense)

@@ -25,13 +25,23 @@ from sam4em.models.registry import (
     load_state_strict,
 )
 from sam4em.models.sam4em import SAM4EM
+from sam4em.models.unet import UNet2D, UNet3D
 
+_BASELINES = {"unet2d": UNet2D, "unet3d": UNet3D}
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
-def model_record(model: SAM4EM) -> dict[str, Any]:
+def model_record(model: SAM4EM | UNet2D | UNet3D) -> dict[str, Any]:
     """What `config.yaml` says about a model: its base, build options and which weights are saved."""
+    class_names = list(getattr(model, "class_names", []) or [])
+    if isinstance(model, (UNet2D, UNet3D)):
+        build = {"num_classes": model.num_classes, "image_size": model.image_size}
+        if isinstance(model, UNet3D):
+            build["clip_length"] = model.clip_length
+        base = "unet3d" if isinstance(model, UNet3D) else "unet2d"
+        return {"base": base, "pretrained_base": False, "base_weights": None, "weights": "full", "build": build,
+                "class_names": class_names}
     return {
         "base": model.spec_name,
         "pretrained_base": bool(model.pretrained_base),
@@ -39,25 +49,28 @@ def model_record(model: SAM4EM) -> dict[str, Any]:
         "base_weights": model.weights_source,
         "weights": "adapters" if model.pretrained_base else "full",
         "build": model.build_options.to_dict(),
-        "class_names": list(getattr(model, "class_names", []) or []),
+        "class_names": class_names,
     }
 
 
 def saved_state(model: SAM4EM) -> dict:
     """The tensors to save: all of them, or all but the frozen pretrained image encoder."""
     state = model.state_dict()
-    if model.pretrained_base:
+    if getattr(model, "pretrained_base", False):
         state = {k: v for k, v in state.items() if not k.startswith("image_encoder.") or is_lora_parameter(k)}
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_model(model: SAM4EM, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.yaml`` into `directory`, each atomically."""
+def save_model(model: SAM4EM, directory: str | Path, *, extra_sections: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.yaml`` into `directory`, each atomically.
+
+    `extra_sections` (e.g. the training config) are written beside the ``model`` section.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    record = {**model_record(model), **(extra or {})}
+    document = {"model": model_record(model), **(extra_sections or {})}
     _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(saved_state(model), tmp))
-    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump({"model": record}, sort_keys=False)))
+    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(document, sort_keys=False)))
     return directory
 
 
@@ -90,8 +103,11 @@ def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4E
         model = build_model(str(run_dir_or_id), pretrained=False)
         return model.to(device) if device else model
     record = read_model_record(path)
-    options = BuildOptions(**record["build"])
-    model = compose(get_spec(record["base"]), options, weights_source=record.get("base_weights"))
+    if record["base"] in _BASELINES:
+        model = _BASELINES[record["base"]](**record["build"])
+    else:
+        options = BuildOptions(**record["build"])
+        model = compose(get_spec(record["base"]), options, weights_source=record.get("base_weights"))
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no such file; the run may not have finished (see its checkpoints/)")

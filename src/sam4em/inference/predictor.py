@@ -1,0 +1,112 @@
+"""Slice-by-slice prediction with tiles and memory: the one place where the model meets the data.
+
+A slice larger than the model's input is cut into windows (`tile_grid`); all windows of one slice go
+through the model together as a batch, and the memory bank of that batch holds one entry per window,
+so z-propagation happens inside each tile column. Window predictions are blended with smooth
+weights (`TileBlender`), so no seams show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sam4em.data.normalize import percentile_normalize
+from sam4em.inference.tiling import Tile, TileBlender, crop_from_window, pad_to_window, tile_grid
+from sam4em.models.sam4em import SAM4EM
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TilingPlan:
+    """How a (Y, X) slice is cut for a model whose input is `window` pixels square."""
+
+    image_shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+    halo: tuple[int, int]
+    window: int
+
+    @property
+    def tiles(self) -> tuple[Tile, ...]:
+        return tile_grid(self.image_shape, self.tile_shape, self.halo)
+
+
+def plan_tiling(
+    image_shape: tuple[int, int],
+    window: int,
+    tile_shape: tuple[int, int] | None = None,
+    halo: tuple[int, int] | None = None,
+) -> TilingPlan:
+    """Default halo: 1/8 of the window per side; default tile: the window minus both halos."""
+    halo = tuple(halo) if halo is not None else (window // 8, window // 8)
+    tile_shape = tuple(tile_shape) if tile_shape is not None else (window - 2 * halo[0], window - 2 * halo[1])
+    for axis, (t, h) in enumerate(zip(tile_shape, halo, strict=True)):
+        if t < 1 or h < 0 or t + 2 * h > window:
+            raise ValueError(
+                f"tile {tuple(tile_shape)} + 2 x halo {tuple(halo)} must fit the model's {window}-pixel input "
+                f"(axis {'YX'[axis]}: {t} + 2 x {h} > {window}); use a smaller --tile or --halo"
+            )
+    return TilingPlan(image_shape=tuple(image_shape), tile_shape=tile_shape, halo=halo, window=window)
+
+
+class SlicePredictor:
+    """Predicts class probabilities (C, Y, X) for consecutive slices of one volume in one z order."""
+
+    def __init__(
+        self,
+        model: SAM4EM,
+        plan: TilingPlan,
+        *,
+        intensity_bounds: tuple[float, float],
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        autocast: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.plan = plan
+        self.bounds = intensity_bounds
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.batch_size = max(1, batch_size)
+        tiles = plan.tiles
+        self.batches = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
+        self.autocast = autocast and self.device.type == "cuda"
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the memory: the next slice starts a new volume (or a new pass)."""
+        self.banks = [self.model.new_memory_bank() for _ in self.batches]
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """One raw slice (Y, X) -> float32 probabilities (C, Y, X), advancing every tile's memory."""
+        if tuple(image.shape) != self.plan.image_shape:
+            raise ValueError(f"slice of shape {tuple(image.shape)} does not match the plan's {self.plan.image_shape}")
+        normalized = percentile_normalize(image, bounds=self.bounds)
+        blender = TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes)
+        window = self.plan.window
+        for batch, bank in zip(self.batches, self.banks, strict=True):
+            crops = [pad_to_window(normalized[tile.window], window) for tile in batch]
+            pixels = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
+            context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
+            with context:
+                logits = self.model(pixels, bank).logits
+            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            for tile, prob in zip(batch, probs, strict=True):
+                blender.add(tile, crop_from_window(prob, tile.window_shape))
+        return blender.result()
+
+
+def predict_slices(
+    volume,
+    predictor: SlicePredictor,
+    z_order: Iterable[int],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (z, probabilities (C, Y, X)) for `volume[z]` in `z_order`, from an empty memory."""
+    predictor.reset()
+    for z in z_order:
+        yield z, predictor(np.asarray(volume[z]))

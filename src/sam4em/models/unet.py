@@ -1,0 +1,96 @@
+"""Baseline U-Nets from MONAI, wrapped to speak the same interface as SAM4EM.
+
+`UNet2D` segments slice by slice (no memory), so every inference path that runs SAM4EM runs it
+too. `UNet3D` sees clips of K slices; it predicts whole volumes by MONAI's sliding-window inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from torch import nn
+
+from sam4em.models.sam4em import ClipOutput, SliceOutput
+
+CHANNELS = (16, 32, 64, 128, 256)
+
+
+class UNet2D(nn.Module):
+    """MONAI 2D U-Net (channels 16-256, 2 residual units): (B, 1, S, S) -> logits (B, C, S, S)."""
+
+    is_volumetric = False
+
+    def __init__(self, *, num_classes: int, image_size: int, channels: tuple[int, ...] = CHANNELS) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=num_classes,
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=2,
+        )
+
+    def new_memory_bank(self) -> None:
+        return None
+
+    def forward(self, images: torch.Tensor, bank: None = None) -> SliceOutput:
+        logits = self.net(images)
+        return SliceOutput(stage1=logits, stage2=None, low_res_stage1=logits)
+
+    def forward_clip(self, clip: torch.Tensor) -> ClipOutput:
+        b, k = clip.shape[:2]
+        logits = self.net(clip.flatten(0, 1)).unflatten(0, (b, k))
+        return ClipOutput(stage1=logits, stage2=None)
+
+
+class UNet3D(nn.Module):
+    """MONAI 3D U-Net with in-plane-only downsampling in the first level (EM is anisotropic).
+
+    Clips (B, K, 1, S, S) -> logits (B, K, C, S, S).
+    """
+
+    is_volumetric = True
+
+    def __init__(
+        self, *, num_classes: int, image_size: int, clip_length: int = 8, channels: tuple[int, ...] = CHANNELS
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.clip_length = clip_length
+        # z is downsampled at most log2(clip_length) times; the remaining levels pool in-plane only.
+        z_downs = int(np.log2(max(clip_length, 1)))
+        strides = [(2 if i < z_downs else 1, 2, 2) for i in range(len(channels) - 1)]
+        self.net = UNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=num_classes,
+            channels=channels,
+            strides=strides,
+            num_res_units=2,
+        )
+
+    def new_memory_bank(self) -> None:
+        return None
+
+    def forward_clip(self, clip: torch.Tensor) -> ClipOutput:
+        volume = clip.permute(0, 2, 1, 3, 4)  # (B, 1, K, S, S)
+        logits = self.net(volume).permute(0, 2, 1, 3, 4)
+        return ClipOutput(stage1=logits, stage2=None)
+
+    @torch.inference_mode()
+    def predict_volume(self, normalized: np.ndarray, *, batch_size: int = 2, overlap: float = 0.25) -> np.ndarray:
+        """Sliding-window prediction of a normalised (Z, Y, X) volume -> probabilities (C, Z, Y, X)."""
+        self.eval()
+        device = next(self.parameters()).device
+        volume = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))[None, None].to(device)
+        roi = (min(self.clip_length, volume.shape[2]), self.image_size, self.image_size)
+        logits = sliding_window_inference(
+            volume, roi, batch_size, lambda x: self.net(x), overlap=overlap, mode="gaussian", padding_mode="reflect"
+        )
+        return torch.sigmoid(logits[0].float()).cpu().numpy()

@@ -1,0 +1,219 @@
+"""Training configuration: YAML on disk, dataclasses underneath.
+
+A config names the training volumes (with their class mapping and validation split), the base
+model and its build options, and the two stages. ``${VAR}`` in strings is expanded from the
+environment (``${SAM4EM_DATA_DIR}`` in the example configs); ``--set key=value`` overrides any field
+by its dotted path, with the value parsed as YAML (``--set stages=[2]``, ``--set stage1.steps=50``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+Method = Literal["sam4em", "sam4em-no-enhancer", "two-stage-no-memory", "samed", "unet2d", "unet3d"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: unknown key, wrong type, missing file."""
+
+
+@dataclass
+class VolumeConfig:
+    """One annotated volume: image and labels (path, optional key), and which z-range is validation."""
+
+    image: str
+    labels: str
+    image_key: str | None = None
+    labels_key: str | None = None
+    # Validation is held out by z-range, never interleaved with training slices.
+    val_fraction: float = 0.15
+    val_position: Literal["start", "end"] = "end"
+    # Only these slices are used at all (start, stop); None: the whole volume.
+    z_range: list[int] | None = None
+
+
+@dataclass
+class ModelConfig:
+    base: str = "cpu-small"
+    pretrained: bool = False
+    image_size: int | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    decoder_lora: bool = True
+    memory_capacity: int = 6
+    finetune: Literal["lora", "full"] | None = None
+
+
+@dataclass
+class StageConfig:
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    clip_length: int = 8  # slices per clip (stage 2 only)
+    # Stage 2 trains the memory; the adapter continues at lr * adapter_lr_scale (0 freezes it).
+    adapter_lr_scale: float = 0.1
+    # A wall-clock budget for the stage (benchmarks give every method the same); None: steps only.
+    max_seconds: float | None = None
+
+
+@dataclass
+class LossConfig:
+    kind: Literal["dice_bce", "dice_focal"] = "dice_bce"
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    stage1_weight: float = 0.5
+    stage2_weight: float = 0.5
+    class_weights: list[float] | None = None
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    method: Method = "sam4em"
+    classes: str = "mito=255"
+    volumes: list[VolumeConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: list[int] = field(default_factory=lambda: [1, 2])
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
+    loss: LossConfig = field(default_factory=LossConfig)
+    init_from: str | None = None  # a stage-1 run folder when only stage 2 runs
+    seed: int = 0
+    grad_accumulation: int = 1
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    foreground_fraction: float = 0.5
+    augment: bool = True
+    val_every: int = 25
+    val_samples: int = 16
+    early_stopping_patience: int | None = None  # in validations without improvement
+    checkpoint_every: int = 25
+    num_workers: int = 0
+    device: str | None = None
+    bf16: bool = True  # autocast on devices that support it (CUDA); ignored on CPU
+    tensorboard: bool = True
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"config refers to ${{{name}}} but the environment variable {name} is not set")
+            return os.environ[name]
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", substitute, value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Dataclass `cls` from plain YAML data, refusing unknown keys with their dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, get_args(hint)))}")
+        return value
+    args = get_args(hint)
+    if args and type(None) in args:  # Optional[...]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to plain config data."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set stage1.steps=50")
+        key, raw = item.split("=", 1)
+        target = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        target[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    data = apply_overrides(dict(data or {}), overrides or [])
+    config = _build(TrainConfig, _expand(data), "")
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training config (safe loader: no code runs) and apply ``--set`` overrides."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def validate(config: TrainConfig) -> None:
+    if not config.volumes:
+        raise ConfigError("volumes: at least one training volume is needed")
+    if not config.stages or any(s not in (1, 2) for s in config.stages):
+        raise ConfigError(f"stages: expected a list of 1 and/or 2, got {config.stages}")
+    if config.method in ("unet2d", "unet3d", "samed", "two-stage-no-memory") and 2 in config.stages:
+        # Methods without memory have nothing to learn in the 3D stage.
+        config.stages = [s for s in config.stages if s == 1] or [1]
+    for name in ("stage1", "stage2"):
+        stage: StageConfig = getattr(config, name)
+        if stage.steps < 0 or stage.batch_size < 1 or stage.lr <= 0:
+            raise ConfigError(f"{name}: steps >= 0, batch_size >= 1 and lr > 0 are required")
+    if config.stage2.clip_length < 2:
+        raise ConfigError("stage2.clip_length: a clip needs at least 2 slices for the memory to matter")
+    if config.grad_accumulation < 1:
+        raise ConfigError("grad_accumulation must be >= 1")

@@ -1,0 +1,548 @@
+"""`train(config, out_dir)`: dual-stage fine-tuning, resumable, data-parallel under torchrun.
+
+Stage 1 (2D) trains on single-slice crops: LoRA, enhancer, prompt generator and both decoders.
+Stage 2 (3D) trains on clips of K consecutive slices in z order, each clip from an empty memory and
+without any ground truth as prompt; it trains the memory encoder and memory attention, and the rest
+at a lower rate. Every stage selects its best weights on the validation split (never the test
+volume) and the next stage starts from them.
+
+Everything a step does is a function of (seed, stage, step): the samples come from
+`sam4em.data.samples` by index, and the checkpoint holds model, optimiser, scheduler and RNG state,
+so a resumed run continues exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sam4em.data.augment import AugmentConfig
+from sam4em.data.class_mapping import ClassMapping
+from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource
+from sam4em.data.splits import split_z
+from sam4em.io import open_volume, parse_path_key
+from sam4em.models.registry import set_trainable
+from sam4em.models.sam4em import SAM4EM
+from sam4em.models.serialization import load_model, save_model
+from sam4em.training.checkpoint import load_checkpoint, save_checkpoint
+from sam4em.training.config import ConfigError, StageConfig, TrainConfig, config_to_dict
+from sam4em.training.losses import segmentation_loss
+from sam4em.training.methods import build_method, is_clip_model
+from sam4em.training.schedule import warmup_cosine
+
+
+@dataclass
+class RunResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    best_scores: dict[int, float] = field(default_factory=dict)
+    steps: dict[int, int] = field(default_factory=dict)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if not _is_main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self._handle)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- data ---------------------------------------------------------------------------------------
+def volume_sources(config: TrainConfig, mapping: ClassMapping) -> tuple[list[VolumeSource], list[VolumeSource]]:
+    """Train and validation sources: each volume's validation part is a contiguous z-block."""
+    train, val = [], []
+    gap = config.stage2.clip_length if 2 in config.stages else 1
+    for index, volume in enumerate(config.volumes):
+        image_path, image_key = parse_path_key(volume.image)
+        labels_path, labels_key = parse_path_key(volume.labels)
+        image_key = volume.image_key or image_key
+        labels_key = volume.labels_key or labels_key
+        with open_volume(image_path, key=image_key) as image, open_volume(labels_path, key=labels_key) as labels:
+            if tuple(image.shape) != tuple(labels.shape):
+                raise ConfigError(
+                    f"volumes[{index}]: image {image_path} has shape {tuple(image.shape)} but labels {labels_path} "
+                    f"have {tuple(labels.shape)}"
+                )
+            mapping.validate(labels)
+            start, stop = volume.z_range or (0, image.shape[0])
+        train_z, val_z = split_z(stop - start, volume.val_fraction, volume.val_position, gap=gap)
+        common = {
+            "image_path": image_path,
+            "label_path": labels_path,
+            "mapping": mapping,
+            "image_key": image_key,
+            "label_key": labels_key,
+            "name": f"volume{index}",
+        }
+        train.append(VolumeSource(z_range=(start + train_z[0], start + train_z[1]), **common))
+        val.append(VolumeSource(z_range=(start + val_z[0], start + val_z[1]), **common))
+    return train, val
+
+
+def _dataset(sources, *, clip: bool, stage: StageConfig, size: int, samples: int, seed: int, config: TrainConfig, train: bool):
+    kwargs = {
+        "crop_size": size,
+        "samples_per_epoch": samples,
+        "p_fg": config.foreground_fraction,
+        "augment": AugmentConfig() if (train and config.augment) else None,
+        "seed": seed,
+    }
+    if clip:
+        return ClipDataset(sources, clip_length=stage.clip_length, **kwargs)
+    return SliceCropDataset(sources, **kwargs)
+
+
+# -- distributed --------------------------------------------------------------------------------
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _device(config: TrainConfig, rank: int) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# -- the loss as a module, so that DistributedDataParallel can wrap it ------------------------------
+class _StepLoss(nn.Module):
+    def __init__(self, model: nn.Module, config: TrainConfig, *, clip: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = config.loss
+        self.clip = clip
+        weights = config.loss.class_weights
+        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
+
+    def forward(self, image: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        out = self.model.forward_clip(image) if self.clip else self.model(image)
+        loss1 = self._loss(out.stage1, targets, valid)
+        if out.stage2 is None:
+            return torch.stack([loss1, loss1, loss1.new_zeros(())])
+        loss2 = self._loss(out.stage2, targets, valid)
+        total = self.loss.stage1_weight * loss1 + self.loss.stage2_weight * loss2
+        return torch.stack([total, loss1, loss2])
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(
+            logits,
+            targets,
+            valid,
+            kind=self.loss.kind,
+            dice_weight=self.loss.dice_weight,
+            bce_weight=self.loss.bce_weight,
+            class_weights=self.class_weights,
+            focal_gamma=self.loss.focal_gamma,
+        )
+
+
+# -- validation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(model: nn.Module, dataset, *, clip: bool, device: torch.device, batch_size: int = 4) -> np.ndarray:
+    """Hard Dice per class (threshold 0.5 on the final stage) over all validation samples -> (C,).
+
+    Counts are pooled over the samples, and a class absent from both prediction and truth scores 1.
+    """
+    was_training = model.training
+    model.eval()
+    counts = None
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        image = torch.stack([it["image"] for it in items]).to(device)
+        targets = torch.stack([it["targets"] for it in items]).to(device) > 0.5
+        valid = torch.stack([it["valid"] for it in items]).to(device)
+        logits = (model.forward_clip(image) if clip else model(image)).logits
+        pred = logits > 0
+        c = pred.shape[-3]
+        pred = pred.reshape(-1, c, *pred.shape[-2:])
+        targets = targets.reshape(-1, c, *targets.shape[-2:])
+        valid = valid.reshape(-1, 1, *valid.shape[-2:])
+        tp = (pred & targets & valid).sum((0, 2, 3))
+        fp = (pred & ~targets & valid).sum((0, 2, 3))
+        fn = (~pred & targets & valid).sum((0, 2, 3))
+        batch = torch.stack([tp, fp, fn]).double().cpu()
+        counts = batch if counts is None else counts + batch
+    model.train(was_training)
+    tp, fp, fn = counts.numpy()
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+
+
+# -- logging ------------------------------------------------------------------------------------
+class _MetricsLog:
+    """RUN_DIR/metrics.csv (one row per step) and optional TensorBoard, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, class_names: tuple[str, ...], *, enabled: bool, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.columns = [
+            "stage",
+            "step",
+            "loss",
+            "loss_stage1",
+            "loss_stage2",
+            "lr",
+            "seconds",
+            *[f"val_dice_{n}" for n in class_names],
+            "val_dice_mean",
+        ]
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate_after(self, stage: int, step: int) -> None:
+        """On resume: forget rows logged after the checkpoint, which will be redone."""
+        if not self.enabled or not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if (int(r["stage"]), int(r["step"])) <= (stage, step)]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if not self.path.exists():
+            self._rewrite([])
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
+        if self.writer is not None:
+            global_step = row["stage"] * 1_000_000 + row["step"]
+            for key, value in row.items():
+                if key not in ("stage", "step") and value not in ("", None):
+                    self.writer.add_scalar(f"stage{row['stage']}/{key}", float(value), global_step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# -- the run ------------------------------------------------------------------------------------
+def prepare_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None:
+    """Refuse to overwrite a finished or started run unless resuming; write the resolved config."""
+    started = (out_dir / "checkpoints").exists() or (out_dir / "model.safetensors").exists()
+    if started and not resume:
+        raise ConfigError(f"{out_dir}: holds a run already; pass --resume to continue it or choose a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = out_dir / "config.yaml"
+    if not config_file.exists():
+        tmp = config_file.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump({"train": config_to_dict(config)}, sort_keys=False))
+        os.replace(tmp, config_file)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train `config.method` through `config.stages` into `out_dir` (see the module docstring).
+
+    Writes ``config.yaml``, ``metrics.csv``, ``checkpoints/``, ``plots/`` and, at the end, the best
+    model as ``model.safetensors``. Returns with ``interrupted=True`` after SIGINT/SIGTERM, having saved
+    a checkpoint that ``resume=True`` continues from.
+    """
+    out_dir = Path(out_dir)
+    rank, world = _distributed()
+    device = _device(config, rank)
+    main = rank == 0
+    if main:
+        prepare_run_dir(out_dir, config, resume=resume)
+    if world > 1:
+        dist.barrier()
+    mapping = ClassMapping.parse(config.classes)
+    train_sources, val_sources = volume_sources(config, mapping)
+    model = build_method(config, mapping.num_classes).to(device)
+    model.class_names = list(mapping.names)
+    if config.init_from:
+        init = load_model(config.init_from)
+        model.load_state_dict(init.state_dict())
+    checkpoint = load_checkpoint(out_dir / "checkpoints") if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    log = _MetricsLog(out_dir, mapping.names, enabled=main, tensorboard=config.tensorboard)
+    result = RunResult(run_dir=out_dir)
+    started = time.time()
+    interrupt = _Interrupt()
+    try:
+        with interrupt.installed():
+            for stage in config.stages:
+                if checkpoint is not None and checkpoint["stage"] > stage:
+                    continue  # finished before the interruption; its best weights are in the checkpoint
+                state = checkpoint if checkpoint is not None and checkpoint["stage"] == stage else None
+                if state is not None:
+                    log.truncate_after(stage, state["step"])
+                finished = _run_stage(
+                    stage, model, config, train_sources, val_sources, out_dir, log, result,
+                    device=device, rank=rank, world=world, state=state, interrupt=interrupt, progress=progress and main,
+                )
+                checkpoint = None
+                if not finished:
+                    result.interrupted = True
+                    return result
+    finally:
+        log.close()
+    result.seconds = time.time() - started
+    if main:
+        save_model(model, out_dir, extra_sections={"train": config_to_dict(config)})
+        _plots(out_dir, model, config, val_sources, device)
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig, stage: int, lr: float, scale: float) -> list[dict[str, Any]]:
+    if isinstance(model, SAM4EM):
+        set_trainable(model, finetune=model.build_options.finetune, memory=stage == 2)
+    memory = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("memory.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("memory.")]
+    if stage == 2 and memory:
+        groups = [{"params": memory, "lr": lr}]
+        if scale > 0:
+            groups.append({"params": rest, "lr": lr * scale})
+        else:
+            for p in rest:
+                p.requires_grad_(False)
+        return groups
+    return [{"params": rest + memory, "lr": lr}]
+
+
+def _run_stage(
+    stage: int,
+    model: nn.Module,
+    config: TrainConfig,
+    train_sources: list[VolumeSource],
+    val_sources: list[VolumeSource],
+    out_dir: Path,
+    log: _MetricsLog,
+    result: RunResult,
+    *,
+    device: torch.device,
+    rank: int,
+    world: int,
+    state: dict[str, Any] | None,
+    interrupt: _Interrupt,
+    progress: bool,
+) -> bool:
+    """Train one stage; returns False when interrupted (after saving a checkpoint)."""
+    settings: StageConfig = getattr(config, f"stage{stage}")
+    clip = is_clip_model(model, stage)
+    accumulation = config.grad_accumulation
+    if settings.batch_size % (accumulation * world):
+        raise ConfigError(
+            f"stage{stage}.batch_size {settings.batch_size} must be divisible by grad_accumulation x processes "
+            f"({accumulation} x {world})"
+        )
+    micro = settings.batch_size // (accumulation * world)
+    size = model.image_size
+    train_set = _dataset(
+        train_sources, clip=clip, stage=settings, size=size, config=config, train=True,
+        samples=max(1, settings.steps * settings.batch_size), seed=config.seed,
+    )
+    train_set.set_epoch(stage)
+    val_set = _dataset(
+        val_sources, clip=clip, stage=settings, size=size, config=config, train=False,
+        samples=config.val_samples, seed=config.seed + 7919,
+    )
+    groups = _parameter_groups(model, config, stage, settings.lr, settings.adapter_lr_scale)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=settings.warmup_steps, total_steps=settings.steps)
+    step_loss: nn.Module = _StepLoss(model, config, clip=clip).to(device)
+    if world > 1:
+        step_loss = DistributedDataParallel(step_loss)
+    best_path = out_dir / "checkpoints" / f"best_stage{stage}.safetensors"
+    start, best, patience = 0, -1.0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, best, patience = state["step"], state["best"], state["patience"]
+    else:
+        torch.manual_seed(config.seed + 1000 * stage)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else nullcontext()
+    )
+    indices = [
+        ((s * accumulation + a) * world + rank) * micro + j
+        for s in range(start, settings.steps)
+        for a in range(accumulation)
+        for j in range(micro)
+    ]
+    loader = DataLoader(
+        train_set,
+        batch_size=micro,
+        sampler=indices,
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+    )
+    batches = iter(loader)
+    bar = tqdm(total=settings.steps, initial=start, desc=f"stage {stage}", disable=not progress, leave=False)
+    stage_started = time.time()
+    step = start
+    model.train()
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "stage": stage,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "best": best,
+            "patience": patience,
+        }
+
+    while step < settings.steps:
+        if interrupt.requested:
+            if rank == 0:
+                save_checkpoint(out_dir / "checkpoints", checkpoint_state())
+            bar.close()
+            return False
+        losses = torch.zeros(3)
+        optimizer.zero_grad(set_to_none=True)
+        for a in range(accumulation):
+            batch = next(batches)
+            sync = a == accumulation - 1 or world == 1
+            context = step_loss.no_sync() if (world > 1 and not sync) else nullcontext()
+            with context, autocast:
+                parts = step_loss(batch["image"].to(device), batch["targets"].to(device), batch["valid"].to(device))
+            (parts[0] / accumulation).backward()
+            losses += parts.detach().float().cpu() / accumulation
+        if world > 1:
+            dist.all_reduce(losses)
+            losses /= world
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[0]:.3f}")
+        row: dict[str, Any] = {
+            "stage": stage,
+            "step": step,
+            "loss": f"{losses[0]:.6f}",
+            "loss_stage1": f"{losses[1]:.6f}",
+            "loss_stage2": f"{losses[2]:.6f}",
+            "lr": f"{optimizer.param_groups[0]['lr']:.3e}",
+            "seconds": f"{time.time() - stage_started:.2f}",
+        }
+        out_of_time = settings.max_seconds is not None and time.time() - stage_started > settings.max_seconds
+        if step % config.val_every == 0 or step == settings.steps or out_of_time:
+            dice = validate(model, val_set, clip=clip, device=device)
+            model.train()
+            row.update({f"val_dice_{n}": f"{d:.4f}" for n, d in zip(model.class_names, dice, strict=True)})
+            row["val_dice_mean"] = f"{dice.mean():.4f}"
+            if dice.mean() > best:
+                best, patience = float(dice.mean()), 0
+                if rank == 0:
+                    _save_weights(model, best_path)
+            else:
+                patience += 1
+        log.write(row)
+        stop_early = config.early_stopping_patience is not None and patience >= config.early_stopping_patience
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == settings.steps):
+            save_checkpoint(out_dir / "checkpoints", checkpoint_state())
+        if stop_early or out_of_time:
+            break
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    if best_path.exists():
+        # Model selection on the validation split: the next stage and the saved model use the best.
+        model.load_state_dict(load_file(best_path), strict=True)
+    if rank == 0:
+        state_after = checkpoint_state()
+        state_after["stage"], state_after["step"] = stage + 1, 0
+        state_after["model"] = model.state_dict()
+        save_checkpoint(out_dir / "checkpoints", state_after)
+    result.best_scores[stage] = best
+    result.steps[stage] = step
+    return True
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([it[key] for it in items]) for key in ("image", "targets", "valid")}
+
+
+def _plots(out_dir: Path, model: nn.Module, config: TrainConfig, val_sources: list[VolumeSource], device: torch.device) -> None:
+    from sam4em.evaluation.plots import plot_training_curves, plot_validation_overlay
+
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_training_curves(out_dir / "metrics.csv", plots / "curves.png")
+    clip = is_clip_model(model, max(config.stages))
+    stage = getattr(config, f"stage{max(config.stages)}")
+    samples = _dataset(
+        val_sources, clip=clip, stage=replace(stage, clip_length=min(stage.clip_length, 4)), size=model.image_size,
+        config=config, train=False, samples=4, seed=config.seed + 7919,
+    )
+    plot_validation_overlay(model, samples, plots / "val_overlay.png", clip=clip, device=device)
