@@ -177,7 +177,7 @@ def test_mismatched_checkpoint_is_refused_with_the_list(tmp_path):
     save_model(model, tmp_path / "run")
     config = (tmp_path / "run" / "config.yaml").read_text().replace("num_classes: 2", "num_classes: 3")
     (tmp_path / "run" / "config.yaml").write_text(config)
-    with pytest.raises(CheckpointError, match="mismatched shape.*prompt_generator"):
+    with pytest.raises(CheckpointError, match=r"mismatched shape.*prompt_generator"):
         load_model(tmp_path / "run")
 
 

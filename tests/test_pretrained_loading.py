@@ -75,11 +75,8 @@ def test_build_from_hugging_face_folder(tiny_sam2, tmp_path):
     tiny_sam2.save_pretrained(tmp_path / "hf")
     model = build_model(tmp_path / "hf", 1, base="test-tiny", finetune="lora")
     _assert_loaded(model, tiny_sam2)
-    # Adapter-only save: the frozen encoder is not written, and reloading restores everything.
-    model.eval()
+    # Adapter-only save: the frozen encoder's weights are not written again.
     save_model(model, tmp_path / "run")
-    with torch.no_grad():
-        expected = model(torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))).logits
     record = (tmp_path / "run" / "config.yaml").read_text()
     assert "weights: adapters" in record
 
@@ -108,7 +105,7 @@ def test_pickled_code_in_checkpoint_is_not_executed(tmp_path):
 
     path = tmp_path / "sam2.1_hiera_evil.pt"
     torch.save({"model": {"x": Evil()}}, path)
-    with pytest.raises(Exception, match="(?i)weights only|unpickl|global"):
+    with pytest.raises(Exception, match=r"(?i)weights only|unpickl|global"):
         build_model(path, 1, base="test-tiny")
 
 
@@ -123,7 +120,7 @@ def test_adapter_only_run_reloads_identically(tiny_sam2, tmp_path):
     tiny_sam2.save_pretrained(tmp_path / "hf")
     model = build_model(tmp_path / "hf", 1, base="test-tiny", finetune="lora").eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
         images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -360,7 +360,7 @@ def load_sam2_weights(sam2: Sam2VideoModel, source: str | Path) -> None:
     path = Path(source)
     if path.suffix == ".pt" and path.is_file():
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        state = meta_to_transformers(raw["model"] if "model" in raw else raw)
+        state = meta_to_transformers(raw.get("model", raw))
     else:
         state = _hub_state_dict(str(source))
     load_state_strict(sam2, state, source=str(source))

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from sam4em.models.lora import is_lora_parameter
 from sam4em.models.registry import (
@@ -25,21 +26,20 @@ from sam4em.models.registry import (
     load_state_strict,
 )
 from sam4em.models.sam4em import SAM4EM
-from sam4em.models.unet import UNet2D, UNet3D
 
-_BASELINES = {"unet2d": UNet2D, "unet3d": UNet3D}
+_BASELINES = ("unet2d", "unet3d")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
-def model_record(model: SAM4EM | UNet2D | UNet3D) -> dict[str, Any]:
+def model_record(model: nn.Module) -> dict[str, Any]:
     """What `config.yaml` says about a model: its base, build options and which weights are saved."""
     class_names = list(getattr(model, "class_names", []) or [])
-    if isinstance(model, (UNet2D, UNet3D)):
+    if not isinstance(model, SAM4EM):  # a MONAI baseline (sam4em.models.unet)
         build = {"num_classes": model.num_classes, "image_size": model.image_size}
-        if isinstance(model, UNet3D):
+        if model.is_volumetric:
             build["clip_length"] = model.clip_length
-        base = "unet3d" if isinstance(model, UNet3D) else "unet2d"
+        base = "unet3d" if model.is_volumetric else "unet2d"
         return {"base": base, "pretrained_base": False, "base_weights": None, "weights": "full", "build": build,
                 "class_names": class_names}
     return {
@@ -104,7 +104,9 @@ def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4E
         return model.to(device) if device else model
     record = read_model_record(path)
     if record["base"] in _BASELINES:
-        model = _BASELINES[record["base"]](**record["build"])
+        from sam4em.models import unet  # MONAI is slow to import; only baselines need it
+
+        model = (unet.UNet3D if record["base"] == "unet3d" else unet.UNet2D)(**record["build"])
     else:
         options = BuildOptions(**record["build"])
         model = compose(get_spec(record["base"]), options, weights_source=record.get("base_weights"))

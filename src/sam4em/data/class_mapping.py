@@ -1,0 +1,188 @@
+"""Mapping from integer label codes to named binary target channels.
+
+A mapping is written as ``"mito=191,synapse=223,glia=159"``: comma-separated
+``name=code`` entries, where a class may own several codes separated by ``|``
+(``"membrane=0|32|64|96|128"``) and the reserved name ``ignore`` lists codes to leave out
+of the loss (``"mito=255,ignore=128"``). Channels follow the order of the string. Labels
+are (Z, Y, X) or (Y, X) integer arrays; targets put the class channel first: (C, Z, Y, X)
+or (C, Y, X).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+IGNORE = "ignore"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class ClassMappingError(ValueError):
+    """A mapping string or code table that cannot be used, or codes absent from the labels."""
+
+
+def _parse_code(text: str, entry: str) -> int:
+    text = text.strip()
+    if not re.fullmatch(r"\d+", text):
+        raise ClassMappingError(f"label code {text!r} in {entry!r} is not a non-negative integer")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """Named classes, each a tuple of label codes, plus codes to ignore.
+
+    Build with :meth:`parse` (from a string) or :meth:`from_codes` (from a dict); both check
+    that names are unique identifiers and that no code belongs to two classes or to a class
+    and ``ignore``.
+    """
+
+    classes: tuple[tuple[str, tuple[int, ...]], ...]
+    ignore: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ClassMappingError("a class mapping needs at least one class")
+        seen: dict[int, str] = {}
+        names: set[str] = set()
+        for name, codes in self.classes:
+            if not _NAME.match(name) or name == IGNORE:
+                raise ClassMappingError(
+                    f"class name {name!r} must be an identifier (letters, digits, _ or -) other than {IGNORE!r}"
+                )
+            if name in names:
+                raise ClassMappingError(f"class {name!r} is given twice")
+            names.add(name)
+            if not codes:
+                raise ClassMappingError(f"class {name!r} has no label codes")
+            for code in codes:
+                if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code < 0:
+                    raise ClassMappingError(
+                        f"label code {code!r} of class {name!r} is not a non-negative integer"
+                    )
+                if code in seen:
+                    raise ClassMappingError(f"label code {code} belongs to both {seen[code]!r} and {name!r}")
+                seen[code] = name
+        for code in self.ignore:
+            if code in seen:
+                raise ClassMappingError(f"label code {code} is both ignored and class {seen[code]!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> ClassMapping:
+        """Parse ``"name=code[|code...],...[,ignore=code|...]"``; :class:`ClassMappingError` if malformed."""
+        if not isinstance(text, str) or not text.strip():
+            raise ClassMappingError(f"empty class mapping {text!r}; expected e.g. 'mito=191,synapse=223'")
+        classes: list[tuple[str, tuple[int, ...]]] = []
+        ignore: list[int] = []
+        for entry in text.split(","):
+            name, sep, codes_text = entry.partition("=")
+            name = name.strip()
+            if not sep or not name or not codes_text.strip():
+                raise ClassMappingError(
+                    f"entry {entry.strip()!r} of {text!r} is not of the form name=code[|code...]"
+                )
+            codes = tuple(_parse_code(part, entry.strip()) for part in codes_text.split("|"))
+            if name == IGNORE:
+                ignore.extend(codes)
+            else:
+                classes.append((name, codes))
+        return cls(tuple(classes), tuple(dict.fromkeys(ignore)))
+
+    @classmethod
+    def from_codes(cls, codes: Mapping[str, int | Iterable[int]], ignore: Iterable[int] = ()) -> ClassMapping:
+        """Build from ``{"mito": 191, "membrane": (0, 32)}``; order of the dict is channel order."""
+        classes = tuple(
+            (name, (int(value),) if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value))
+            for name, value in codes.items()
+        )
+        return cls(classes, tuple(int(v) for v in ignore))
+
+    def __str__(self) -> str:
+        """The canonical mapping string; ``ClassMapping.parse(str(m)) == m``."""
+        parts = [f"{name}={'|'.join(map(str, codes))}" for name, codes in self.classes]
+        if self.ignore:
+            parts.append(f"{IGNORE}={'|'.join(map(str, self.ignore))}")
+        return ",".join(parts)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Class names in channel order."""
+        return tuple(name for name, _ in self.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def all_codes(self) -> tuple[int, ...]:
+        """Every code the mapping names (classes, then ignore)."""
+        return tuple(code for _, codes in self.classes for code in codes) + self.ignore
+
+    def codes(self, name: str) -> tuple[int, ...]:
+        """Label codes of class ``name``."""
+        for class_name, codes in self.classes:
+            if class_name == name:
+                return codes
+        raise KeyError(f"no class {name!r} in mapping {self}; classes: {', '.join(self.names)}")
+
+    @staticmethod
+    def _check_labels(labels: npt.ArrayLike) -> np.ndarray:
+        array = np.asarray(labels)
+        if array.dtype == bool:
+            return array.astype(np.uint8)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"labels must be an integer array, got dtype {array.dtype}")
+        return array
+
+    def apply(self, labels: npt.ArrayLike, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+        """Binary targets, one channel per class: (Z, Y, X) or (Y, X) → (C, Z, Y, X) or (C, Y, X).
+
+        ``dtype`` is float32 by default (loss-ready); pass ``np.uint8`` to save memory.
+        """
+        array = self._check_labels(labels)
+        out = np.empty((self.num_classes, *array.shape), dtype=dtype)
+        for channel, (_, codes) in enumerate(self.classes):
+            out[channel] = np.isin(array, codes)
+        return out
+
+    def ignore_mask(self, labels: npt.ArrayLike) -> np.ndarray:
+        """True where the label is an ``ignore`` code; same shape as ``labels``."""
+        array = self._check_labels(labels)
+        if not self.ignore:
+            return np.zeros(array.shape, dtype=bool)
+        return np.isin(array, self.ignore)
+
+    def validate(self, labels: Any, max_slices: int | None = 16) -> None:
+        """Check that every code of the mapping occurs in ``labels``.
+
+        ``labels`` is a (Z, Y, X) array-like (lazy volumes are fine) or a (Y, X) array. For
+        volumes with more than ``max_slices`` slices only that many evenly spaced slices are
+        read (``None`` reads all), so a code that is rare along z may be reported missing:
+        raise ``max_slices`` then. Raises :class:`ClassMappingError` naming the codes that
+        are missing and the codes that do occur.
+        """
+        ndim = len(labels.shape)
+        if ndim == 3 and max_slices is not None and labels.shape[0] > max_slices:
+            zs = np.unique(np.linspace(0, labels.shape[0] - 1, max_slices).round().astype(int))
+            present: set[int] = set()
+            for z in zs:
+                present.update(np.unique(self._check_labels(labels[int(z)])).tolist())
+            where = f"{len(zs)} of {labels.shape[0]} sampled slices"
+        else:
+            present = set(np.unique(self._check_labels(labels[...])).tolist())
+            where = "the labels"
+        missing = [code for code in self.all_codes if code not in present]
+        if missing:
+            owners = {code: name for name, codes in self.classes for code in codes} | dict.fromkeys(
+                self.ignore, IGNORE
+            )
+            named = ", ".join(f"{code} ({owners[code]})" for code in missing)
+            raise ClassMappingError(
+                f"label codes {named} of mapping '{self}' do not occur in {where}; "
+                f"codes present: {sorted(present)}"
+            )
