@@ -63,8 +63,11 @@ class UNet3D(nn.Module):
         self.num_classes = num_classes
         self.image_size = image_size
         self.clip_length = clip_length
-        # z is downsampled at most log2(clip_length) times; the remaining levels pool in-plane only.
-        z_downs = int(np.log2(max(clip_length, 1)))
+        # z is halved only while the clip length stays even (so that up-sampling restores it exactly);
+        # the remaining levels pool in-plane only.
+        z_downs = 0
+        while clip_length % 2 ** (z_downs + 1) == 0:
+            z_downs += 1
         strides = [(2 if i < z_downs else 1, 2, 2) for i in range(len(channels) - 1)]
         self.net = UNet(
             spatial_dims=3,

@@ -154,7 +154,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _convert(inner[0], value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if (hint in (int, float, str, bool) and not isinstance(value, hint)) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
@@ -182,8 +182,9 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     return config
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML training config (safe loader: no code runs) and apply ``--set`` overrides."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *, preset: str | None = None) -> TrainConfig:
+    """Read a YAML training config (safe loader: no code runs), then apply the resource `preset`
+    (``auto``: by the device; None: none) and then the ``--set`` overrides."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file (see configs/ for examples)")
@@ -191,6 +192,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if preset is not None:
+        from sam4em.training.presets import preset_overrides
+
+        clip = (data.get("stage2") or {}).get("clip_length") if isinstance(data, dict) else None
+        overrides = [*preset_overrides(preset, clip), *(overrides or [])]
     try:
         return config_from_dict(data, overrides)
     except ConfigError as error:

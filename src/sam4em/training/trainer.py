@@ -17,7 +17,7 @@ import csv
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,8 +62,12 @@ class RunResult:
 class _Interrupt:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and stops."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, should_stop: Callable[[int, int], bool] | None = None) -> None:
+        self._requested = False
+        self.should_stop = should_stop
+
+    def requested(self, stage: int, step: int) -> bool:
+        return self._requested or (self.should_stop is not None and self.should_stop(stage, step))
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -80,7 +84,7 @@ class _Interrupt:
                 signal.signal(s, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self._requested = True
 
 
 def _is_main_thread() -> bool:
@@ -293,12 +297,14 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    should_stop: Callable[[int, int], bool] | None = None,
 ) -> RunResult:
     """Train `config.method` through `config.stages` into `out_dir` (see the module docstring).
 
     Writes ``config.yaml``, ``metrics.csv``, ``checkpoints/``, ``plots/`` and, at the end, the best
     model as ``model.safetensors``. Returns with ``interrupted=True`` after SIGINT/SIGTERM, having saved
-    a checkpoint that ``resume=True`` continues from.
+    a checkpoint that ``resume=True`` continues from; `should_stop(stage, step)` requests the same
+    from code (a GUI's stop button, a job scheduler's time limit).
     """
     out_dir = Path(out_dir)
     rank, world = _distributed()
@@ -321,7 +327,7 @@ def train(
     log = _MetricsLog(out_dir, mapping.names, enabled=main, tensorboard=config.tensorboard)
     result = RunResult(run_dir=out_dir)
     started = time.time()
-    interrupt = _Interrupt()
+    interrupt = _Interrupt(should_stop)
     try:
         with interrupt.installed():
             for stage in config.stages:
@@ -385,6 +391,8 @@ def _run_stage(
     """Train one stage; returns False when interrupted (after saving a checkpoint)."""
     settings: StageConfig = getattr(config, f"stage{stage}")
     clip = is_clip_model(model, stage)
+    if hasattr(model, "clip_length"):  # a volumetric baseline trains on its own clip length in any stage
+        settings = replace(settings, clip_length=model.clip_length)
     accumulation = config.grad_accumulation
     if settings.batch_size % (accumulation * world):
         raise ConfigError(
@@ -454,7 +462,7 @@ def _run_stage(
         }
 
     while step < settings.steps:
-        if interrupt.requested:
+        if interrupt.requested(stage, step):
             if rank == 0:
                 save_checkpoint(out_dir / "checkpoints", checkpoint_state())
             bar.close()
@@ -541,8 +549,9 @@ def _plots(out_dir: Path, model: nn.Module, config: TrainConfig, val_sources: li
     plot_training_curves(out_dir / "metrics.csv", plots / "curves.png")
     clip = is_clip_model(model, max(config.stages))
     stage = getattr(config, f"stage{max(config.stages)}")
+    clip_length = getattr(model, "clip_length", min(stage.clip_length, 4))
     samples = _dataset(
-        val_sources, clip=clip, stage=replace(stage, clip_length=min(stage.clip_length, 4)), size=model.image_size,
+        val_sources, clip=clip, stage=replace(stage, clip_length=clip_length), size=model.image_size,
         config=config, train=False, samples=4, seed=config.seed + 7919,
     )
     plot_validation_overlay(model, samples, plots / "val_overlay.png", clip=clip, device=device)

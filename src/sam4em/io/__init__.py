@@ -1,0 +1,23 @@
+"""One volume interface for the file formats EM labs use.
+
+``open_volume`` reads TIFF (multi-page, ImageJ, OME), folders of PNG/TIFF slices, HDF5,
+Zarr (v2, v3, OME-Zarr), N5, MRC and neuroglancer precomputed volumes as lazily indexed
+(Z, Y, X) arrays; ``create_volume`` writes all of them but precomputed. Every failure is a
+``VolumeError`` whose message names the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from sam4em.io.api import create_volume, open_volume
+from sam4em.io.base import Volume, VolumeError, VoxelSize, WritableVolume
+from sam4em.io.paths import parse_path_key
+
+__all__ = [
+    "Volume",
+    "VolumeError",
+    "VoxelSize",
+    "WritableVolume",
+    "create_volume",
+    "open_volume",
+    "parse_path_key",
+]
