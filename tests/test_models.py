@@ -193,3 +193,16 @@ def test_ablations_build_and_run():
             out = model.forward_clip(_slices(2, 6).unsqueeze(0))
         assert out.logits.shape == (1, 2, 2, 64, 64), label
         assert (out.stage2 is None) == (not options.get("two_stage", True)), label
+
+
+def test_new_adapters_start_as_identity():
+    """Zero-initialised enhancer and detail head: a pretrained SAM2 starts out exactly as it was."""
+    full = build_model("test-tiny", 2, pretrained=False).eval()
+    bare = build_model("test-tiny", 2, pretrained=False, enhancer=False, detail_head=False).eval()
+    bare.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith(("enhancer.", "detail_head."))})
+    images = _slices(2, 8)
+    with torch.no_grad():
+        assert torch.allclose(full(images).logits, bare(images).logits, atol=1e-6)
+        for p in full.detail_head.fuse[-1].parameters():
+            p.add_(0.1)
+        assert not torch.allclose(full(images).logits, bare(images).logits, atol=1e-6)

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred-key")
     evaluate.add_argument("--gt-key")
     evaluate.add_argument("--classes", required=True, help="ground-truth codes, e.g. mito=255 or mito=191,synapse=223")
-    evaluate.add_argument("--pred-classes", help="codes of the classes in a label-map prediction (default: 1..C)")
+    evaluate.add_argument("--pred-classes", help="codes of the classes in a label-map prediction (default: 1..C in --classes order, as "
+                               "`sam4em segment --output-type labels` writes; e.g. mito=255 for a 0/255 mask)")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="for probability predictions")
     evaluate.add_argument("--mask", help="evaluate only where this volume is non-zero (path or path:key)")
     evaluate.add_argument("--voxel-size", type=_voxel_size, help="'Z,Y,X' in nm (default: from the ground-truth file)")
@@ -175,9 +176,16 @@ def _segment(args: argparse.Namespace) -> int:
     from sam4em.inference.streaming import Interrupted, segment_to_file
     from sam4em.io import parse_path_key
     from sam4em.models import load_model
+    from sam4em.safety import check_segment_args
 
     input_path, input_key = parse_path_key(args.input)
     output_path, output_key = parse_path_key(args.output)
+    # Refuse bad paths, keys, classes, tiles and a too-full disk before the (slow) model load.
+    check_segment_args(
+        input_path, output_path, args.model, input_key=args.input_key or input_key,
+        classes=args.classes.split(",") if args.classes else None, output_type=args.output_type,
+        tile_shape=args.tile, halo=args.halo, overwrite=args.overwrite, resume=args.resume,
+    )
     stop = threading.Event()
     options = {
         "input_key": args.input_key or input_key,
@@ -215,6 +223,8 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from sam4em.data.class_mapping import ClassMapping
     from sam4em.evaluation import evaluate_volumes, format_table
     from sam4em.io import open_volume, parse_path_key
@@ -228,6 +238,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         pred_mapping = ClassMapping.parse(args.pred_classes)
         pred_classes = {name: pred_mapping.codes(name)[0] for name in pred_mapping.names}
     with open_volume(pred_path, key=args.pred_key or pred_key) as pred, open_volume(gt_path, key=args.gt_key or gt_key) as gt:
+        if pred_classes is None and len(pred.shape) == 3 and np.dtype(pred.dtype).kind in "iu":
+            # `sam4em segment --output-type labels` numbers the classes 1..C in the order given.
+            pred_classes = {name: i + 1 for i, name in enumerate(mapping.names)}
         mask = None
         if args.mask:
             mask_path, mask_key = parse_path_key(args.mask)

@@ -265,7 +265,8 @@ def evaluate_volumes(
               ``>= threshold`` resp. the mask itself.
         gt: (Z, Y, X) semantic label volume; class ``name``'s foreground is ``gt == classes[name]``.
         classes: class name -> label value in ``gt``, e.g. ``{"mitochondria": 1}``.
-        pred_classes: class name -> label value / channel in ``pred``; default ``classes``.
+        pred_classes: class name -> label value / channel in ``pred``; default: channels in the order of
+            ``classes`` for (C, Z, Y, X), else the ground truth's codes ``classes``.
         threshold: binarisation threshold of floating predictions.
         voxel_size: (z, y, x) voxel size in nm (or one number for isotropic voxels); surface
             distances are then in nm. None: distances in voxels.
@@ -296,12 +297,15 @@ def evaluate_volumes(
     has_channels = len(pred.shape) == 4
     if len(pred.shape) not in (3, 4):
         raise ValueError(f"prediction must be (Z, Y, X) or (C, Z, Y, X), got shape {tuple(pred.shape)}")
-    check_same_shape(tuple(pred.shape)[-3:], gt_shape)
+    check_same_shape(tuple(pred.shape)[-3:], gt_shape, (_named(pred, "prediction"), _named(gt, "ground truth")))
     if mask is not None:
-        check_same_shape(tuple(mask.shape), gt_shape, ("mask", "ground truth"))
+        check_same_shape(tuple(mask.shape), gt_shape, (_named(mask, "mask"), _named(gt, "ground truth")))
     if not classes:
         raise ValueError("classes must name at least one class")
-    pred_ids = dict(classes if pred_classes is None else pred_classes)
+    if pred_classes is None:
+        # A channel stack lists the classes in order; a label map is assumed to use the gt's codes.
+        pred_classes = {name: i for i, name in enumerate(classes)} if has_channels else classes
+    pred_ids = dict(pred_classes)
     missing = sorted(set(classes) - set(pred_ids))
     if missing:
         raise ValueError(f"pred_classes lacks classes {missing}")
@@ -350,6 +354,12 @@ def evaluate_volumes(
         "chunk_slices": step,
         "classes": {name: accumulator.results() for name, accumulator in accumulators.items()},
     }
+
+
+def _named(volume: Any, role: str) -> str:
+    """``"prediction pred.zarr"`` for a volume opened from a file (errors must name it), else the role."""
+    path = getattr(volume, "path", None)
+    return role if path is None else f"{role} {path}"
 
 
 _TABLE_COLUMNS: tuple[str, ...] = (

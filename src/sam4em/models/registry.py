@@ -25,6 +25,7 @@ from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
 from sam4em.models.checkpoint_keys import meta_to_transformers
+from sam4em.models.detail_head import DetailHead
 from sam4em.models.enhancer import FeatureEnhancer
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora, is_lora_parameter
 from sam4em.models.memory import SliceMemory
@@ -154,6 +155,7 @@ class BuildOptions:
     memory_capacity: int = 6
     prompt_tokens: int | None = None
     enhancer: bool = True
+    detail_head: bool = True
     prompt_generator: bool = True
     two_stage: bool = True
     memory: bool = True
@@ -304,6 +306,7 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, options: BuildOptions, *, i
         stage1_decoder=stage1,
         stage2_decoder=stage2,
         enhancer=FeatureEnhancer(channels=dim) if options.enhancer else None,
+        detail_head=DetailHead() if options.detail_head else None,
         memory=memory,
         num_classes=options.num_classes,
         image_size=image_size,
@@ -318,12 +321,12 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, options: BuildOptions, *, i
 
 
 def is_adapter_parameter(name: str) -> bool:
-    """Parameters that LoRA fine-tuning trains besides LoRA itself: the enhancer, the prompt generator,
+    """Parameters that LoRA fine-tuning trains besides LoRA itself: the enhancer, the detail head, the prompt generator,
     SAM's mask-prompt embedding (stage 2 reads stage-1 logits through it) and the decoders' output
     heads (everything of a decoder outside its two-way transformer)."""
     if _UNUSED.match(name):
         return False
-    if name.startswith(("enhancer.", "prompt_generator.", "prompt_encoder.mask_embed.")):
+    if name.startswith(("enhancer.", "detail_head.", "prompt_generator.", "prompt_encoder.mask_embed.")):
         return True
     return name.startswith(("stage1_decoder.", "stage2_decoder.")) and ".transformer." not in name
 

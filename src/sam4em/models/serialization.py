@@ -89,8 +89,15 @@ def read_model_record(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; a trained model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if "model" not in data or "base" not in data["model"]:
+    try:
+        # safe_load: a tag such as !!python/object is refused, never constructed.
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CheckpointError(
+            f"{path}: not a valid sam4em model config ({str(error).splitlines()[0]}); "
+            "restore it from the run folder or retrain"
+        ) from None
+    if not isinstance(data, dict) or "model" not in data or "base" not in data["model"]:
         raise CheckpointError(f"{path}: no 'model.base' entry; is this a sam4em run folder?")
     return data["model"]
 

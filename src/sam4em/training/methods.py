@@ -22,7 +22,7 @@ SAM_METHODS: dict[str, dict[str, Any]] = {
     "sam4em": {},
     "sam4em-no-enhancer": {"enhancer": False},
     "two-stage-no-memory": {"memory": False},
-    "samed": {"two_stage": False, "prompt_generator": False, "memory": False, "enhancer": False},
+    "samed": {"two_stage": False, "prompt_generator": False, "memory": False, "enhancer": False, "detail_head": False},
 }
 
 

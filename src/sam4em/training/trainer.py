@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sam4em.data.augment import AugmentConfig
-from sam4em.data.class_mapping import ClassMapping
+from sam4em.data.class_mapping import ClassMapping, ClassMappingError
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource
 from sam4em.data.splits import split_z
 from sam4em.io import open_volume, parse_path_key
@@ -109,7 +109,10 @@ def volume_sources(config: TrainConfig, mapping: ClassMapping) -> tuple[list[Vol
                     f"volumes[{index}]: image {image_path} has shape {tuple(image.shape)} but labels {labels_path} "
                     f"have {tuple(labels.shape)}"
                 )
-            mapping.validate(labels)
+            try:
+                mapping.validate(labels, allow_empty=True)  # a volume without foreground still teaches background
+            except ClassMappingError as error:
+                raise ConfigError(f"volumes[{index}]: labels {labels_path}: {error}; fix `classes`") from None
             start, stop = volume.z_range or (0, image.shape[0])
         train_z, val_z = split_z(stop - start, volume.val_fraction, volume.val_position, gap=gap)
         common = {
@@ -325,6 +328,9 @@ def train(
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     log = _MetricsLog(out_dir, mapping.names, enabled=main, tensorboard=config.tensorboard)
+    if checkpoint is None:
+        # Rows of a run killed before its first checkpoint are redone from step 0: drop them, not repeat them.
+        log.truncate_after(0, 0)
     result = RunResult(run_dir=out_dir)
     started = time.time()
     interrupt = _Interrupt(should_stop)
@@ -430,16 +436,10 @@ def _run_stage(
         if config.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
         else nullcontext()
     )
-    indices = [
-        ((s * accumulation + a) * world + rank) * micro + j
-        for s in range(start, settings.steps)
-        for a in range(accumulation)
-        for j in range(micro)
-    ]
     loader = DataLoader(
         train_set,
         batch_size=micro,
-        sampler=indices,
+        sampler=_StepIndices(start, settings.steps, accumulation, world, rank, micro),
         num_workers=config.num_workers,
         collate_fn=_collate,
     )
@@ -535,6 +535,27 @@ def _save_weights(model: nn.Module, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
+
+
+class _StepIndices:
+    """Sample indices of this process's share of steps `start`..`steps` (lazy: budgets may be huge).
+
+    Step s, accumulation round a, rank r reads items ((s * A + a) * W + r) * micro + j, so the global
+    batch of a step is the same whatever the number of processes, and a resumed run reads on.
+    """
+
+    def __init__(self, start: int, steps: int, accumulation: int, world: int, rank: int, micro: int) -> None:
+        self.start, self.steps, self.accumulation = start, steps, accumulation
+        self.world, self.rank, self.micro = world, rank, micro
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.start, self.steps):
+            for a in range(self.accumulation):
+                base = ((s * self.accumulation + a) * self.world + self.rank) * self.micro
+                yield from range(base, base + self.micro)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accumulation * self.micro
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

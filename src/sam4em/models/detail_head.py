@@ -1,0 +1,41 @@
+"""Full-resolution detail head: the decoder's 1/4-resolution logits refined with the image itself.
+
+SAM's mask decoder predicts at 1/4 of the input resolution and the logits are upsampled bilinearly;
+membranes, synaptic clefts and the rims of small mitochondria are only a few pixels wide, so they
+blur. A light convolutional stem on the full-resolution slice is fused with the upsampled logits and
+adds a residual correction. The last layer is zero-initialised, so a pretrained SAM2 starts out
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DetailHead(nn.Module):
+    """forward(images (B, 1, S, S), low_res (B * C, 1, S/4, S/4)) -> logits (B * C, 1, S, S)."""
+
+    def __init__(self, *, channels: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, channels, kernel_size=3, padding=1),
+            nn.GroupNorm(4, channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.GroupNorm(4, channels),
+            nn.GELU(),
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels + 1, channels, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, 1, kernel_size=1),
+        )
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
+
+    def forward(self, images: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        detail = self.stem(images).repeat_interleave(low_res.shape[0] // images.shape[0], dim=0)
+        return up + self.fuse(torch.cat([detail, up], dim=1))
