@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,14 @@ def data_dir() -> Path:
     if not (path / "README.md").exists():
         pytest.skip(f"real EM data not found at {path}; set SAM4EM_DATA_DIR to a mirror of ../shared/data")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread: on two shared CPU cores two threads can be ~20x slower (spinning)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

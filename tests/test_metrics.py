@@ -395,7 +395,8 @@ def test_chunk_borders_join_components_with_chosen_connectivity() -> None:
 
 def test_evaluate_probability_channels_and_progress() -> None:
     _, gt = _two_class_volumes()
-    probabilities = np.stack([gt == 0, gt == 1, gt == 2]).astype(np.float32) * 0.8 + 0.1
+    # Channels in class order, as sam4em writes them: channel 0 is mito, channel 1 synapse.
+    probabilities = np.stack([gt == 1, gt == 2]).astype(np.float32) * 0.8 + 0.1
     calls: list[tuple[int, int]] = []
     result = evaluate_volumes(
         probabilities,

@@ -34,8 +34,15 @@ def _voxel_size(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error (argparse prints the usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sam4em",
         description="Prompt-free 3D segmentation of EM volumes (mitochondria, synapses, glia) with SAM2.",
     )

@@ -11,6 +11,7 @@ or (C, Y, X).
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,14 +158,15 @@ class ClassMapping:
             return np.zeros(array.shape, dtype=bool)
         return np.isin(array, self.ignore)
 
-    def validate(self, labels: Any, max_slices: int | None = 16) -> None:
+    def validate(self, labels: Any, max_slices: int | None = 16, allow_empty: bool = False) -> None:
         """Check that every code of the mapping occurs in ``labels``.
 
         ``labels`` is a (Z, Y, X) array-like (lazy volumes are fine) or a (Y, X) array. For
         volumes with more than ``max_slices`` slices only that many evenly spaced slices are
         read (``None`` reads all), so a code that is rare along z may be reported missing:
         raise ``max_slices`` then. Raises :class:`ClassMappingError` naming the codes that
-        are missing and the codes that do occur.
+        are missing and the codes that do occur. With ``allow_empty``, labels holding only 0
+        (not a code of the mapping) are an annotation without foreground: a warning, not an error.
         """
         ndim = len(labels.shape)
         if ndim == 3 and max_slices is not None and labels.shape[0] > max_slices:
@@ -177,6 +179,15 @@ class ClassMapping:
             present = set(np.unique(self._check_labels(labels[...])).tolist())
             where = "the labels"
         missing = [code for code in self.all_codes if code not in present]
+        if missing and allow_empty and present <= {0} and 0 not in self.all_codes:
+            source = getattr(labels, "path", "labels")
+            warnings.warn(
+                f"{source}: no voxel of {', '.join(self.names)} in {where} (only background, code 0); "
+                "training on it teaches background only",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
         if missing:
             owners = {code: name for name, codes in self.classes for code in codes} | dict.fromkeys(
                 self.ignore, IGNORE

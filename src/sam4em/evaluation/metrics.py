@@ -51,7 +51,8 @@ def check_same_shape(
     """Raise ``ValueError`` naming both shapes when they differ."""
     if tuple(first) != tuple(second):
         raise ValueError(
-            f"shape mismatch: {names[0]} has shape {tuple(first)} but {names[1]} has shape {tuple(second)}"
+            f"shape mismatch: {names[0]} has shape {tuple(first)} but {names[1]} has shape {tuple(second)}; "
+            "compare volumes of the same region and size"
         )
 
 

@@ -45,8 +45,13 @@ def plan_tiling(
     """Default halo: 1/8 of the window per side; default tile: the window minus both halos."""
     halo = tuple(halo) if halo is not None else (window // 8, window // 8)
     tile_shape = tuple(tile_shape) if tile_shape is not None else (window - 2 * halo[0], window - 2 * halo[1])
+    if min(tile_shape) < 1 or min(halo) < 0:
+        raise ValueError(
+            f"tile {tuple(tile_shape)} must be positive and halo {tuple(halo)} non-negative; "
+            "pass e.g. --tile 48 --halo 8"
+        )
     for axis, (t, h) in enumerate(zip(tile_shape, halo, strict=True)):
-        if t < 1 or h < 0 or t + 2 * h > window:
+        if t + 2 * h > window:
             raise ValueError(
                 f"tile {tuple(tile_shape)} + 2 x halo {tuple(halo)} must fit the model's {window}-pixel input "
                 f"(axis {'YX'[axis]}: {t} + 2 x {h} > {window}); use a smaller --tile or --halo"
