@@ -15,16 +15,20 @@ from torch import nn
 
 
 class DetailHead(nn.Module):
-    """forward(images (B, 1, S, S), low_res (B * C, 1, S/4, S/4)) -> logits (B * C, 1, S, S)."""
+    """`stem(images (B, 1, S, S))` -> detail features (B, F, S, S), computed once per slice;
+    `forward(detail, low_res (B * C, 1, S/4, S/4))` -> logits (B * C, 1, S, S).
 
-    def __init__(self, *, channels: int = 16) -> None:
+    Eight channels keep the full-resolution convolutions cheap next to the image encoder.
+    """
+
+    def __init__(self, *, channels: int = 8) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, padding=1),
-            nn.GroupNorm(4, channels),
+            nn.GroupNorm(2, channels),
             nn.GELU(),
             nn.Conv2d(channels, channels, kernel_size=3, padding=1),
-            nn.GroupNorm(4, channels),
+            nn.GroupNorm(2, channels),
             nn.GELU(),
         )
         self.fuse = nn.Sequential(
@@ -35,7 +39,7 @@ class DetailHead(nn.Module):
         nn.init.zeros_(self.fuse[-1].weight)
         nn.init.zeros_(self.fuse[-1].bias)
 
-    def forward(self, images: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        detail = self.stem(images).repeat_interleave(low_res.shape[0] // images.shape[0], dim=0)
+    def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(low_res, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        detail = detail.repeat_interleave(low_res.shape[0] // detail.shape[0], dim=0)
         return up + self.fuse(torch.cat([detail, up], dim=1))

@@ -26,10 +26,10 @@ _PIXEL_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ImageFeatures:
     """Encoder output for a batch of slices: levels (fine, mid, coarse) at strides 4, 8, 16, each
-    (B, D, h, w), the coarse level's position encoding (B, D, h, w), and the input images (B, 1, S, S)
-    for the full-resolution detail head."""
+    (B, D, h, w), the coarse level's position encoding (B, D, h, w), and the detail head's
+    full-resolution features (B, F, S, S) or None."""
 
-    images: torch.Tensor
+    detail: torch.Tensor | None
     fine: torch.Tensor
     mid: torch.Tensor
     coarse: torch.Tensor
@@ -110,7 +110,8 @@ class SAM4EM(nn.Module):
         fine, mid, coarse = out.fpn_hidden_states
         if self.enhancer is not None:
             fine, mid, coarse = self.enhancer(fine, mid, coarse)
-        return ImageFeatures(images=images, fine=fine, mid=mid, coarse=coarse, position=out.fpn_position_encoding[-1])
+        detail = self.detail_head.stem(images) if self.detail_head is not None else None
+        return ImageFeatures(detail=detail, fine=fine, mid=mid, coarse=coarse, position=out.fpn_position_encoding[-1])
 
     # -- decoding ------------------------------------------------------------------------------
     def decode(self, features: ImageFeatures, bank: MemoryBank | None = None) -> SliceOutput:
@@ -131,8 +132,9 @@ class SAM4EM(nn.Module):
         low2 = None
         if self.stage2_decoder is not None:
             low2 = self.refine(features, coarse, sparse, low1)
-        stage1 = self._to_image(low1, features.images)
-        stage2 = self._to_image(low2, features.images) if low2 is not None else None
+        # The detail head refines the final stage only: stage 2 is the refinement step.
+        stage1 = self._to_image(low1, features.detail if low2 is None else None)
+        stage2 = self._to_image(low2, features.detail) if low2 is not None else None
         return SliceOutput(stage1=stage1, stage2=stage2, low_res_stage1=low1)
 
     def refine(
@@ -179,10 +181,10 @@ class SAM4EM(nn.Module):
         x = (grid.cumsum(1) - 0.5) / w
         return self.image_position(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
 
-    def _to_image(self, low_res: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(B * C, 1, h, w) -> (B, C, S, S), refined by the detail head when there is one."""
-        if self.detail_head is not None:
-            full = self.detail_head(images, low_res)
+    def _to_image(self, low_res: torch.Tensor, detail: torch.Tensor | None) -> torch.Tensor:
+        """(B * C, 1, h, w) -> (B, C, S, S), refined by the detail head when `detail` is given."""
+        if self.detail_head is not None and detail is not None:
+            full = self.detail_head(detail, low_res)
         else:
             full = F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return full.view(-1, self.num_classes, self.image_size, self.image_size)
