@@ -444,7 +444,9 @@ def _run_stage(
         collate_fn=_collate,
     )
     batches = iter(loader)
-    bar = tqdm(total=settings.steps, initial=start, desc=f"stage {stage}", disable=not progress, leave=False)
+    # A time-budgeted stage has no meaningful step total: show the count and the rate instead.
+    total = settings.steps if settings.max_seconds is None else None
+    bar = tqdm(total=total, initial=start, desc=f"stage {stage}", disable=not progress, leave=False)
     stage_started = time.time()
     step = start
     model.train()
