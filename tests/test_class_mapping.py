@@ -143,3 +143,9 @@ def test_parse_apply_round_trip(mapping: ClassMapping, seed: int) -> None:
     assert (targets.sum(axis=0) + mapping.ignore_mask(labels) <= 1).all()
     for channel, name in enumerate(mapping.names):
         np.testing.assert_array_equal(targets[channel] == 1, np.isin(labels, mapping.codes(name)))
+
+
+def test_single_codes_for_evaluation_refuse_merged_classes():
+    assert ClassMapping.parse("mito=191,synapse=223").single_codes() == {"mito": 191, "synapse": 223}
+    with pytest.raises(ClassMappingError, match="membrane have several codes"):
+        ClassMapping.parse("membrane=0|32|64,mito=191").single_codes()

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -239,19 +240,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     mapping = ClassMapping.parse(args.classes)
     pred_path, pred_key = parse_path_key(args.pred)
     gt_path, gt_key = parse_path_key(args.gt)
-    classes = {name: mapping.codes(name)[0] for name in mapping.names}
+    classes = mapping.single_codes()
     pred_classes = None
     if args.pred_classes:
-        pred_mapping = ClassMapping.parse(args.pred_classes)
-        pred_classes = {name: pred_mapping.codes(name)[0] for name in pred_mapping.names}
-    with open_volume(pred_path, key=args.pred_key or pred_key) as pred, open_volume(gt_path, key=args.gt_key or gt_key) as gt:
+        pred_classes = ClassMapping.parse(args.pred_classes).single_codes()
+    with ExitStack() as stack:
+        pred = stack.enter_context(open_volume(pred_path, key=args.pred_key or pred_key))
+        gt = stack.enter_context(open_volume(gt_path, key=args.gt_key or gt_key))
         if pred_classes is None and len(pred.shape) == 3 and np.dtype(pred.dtype).kind in "iu":
             # `sam4em segment --output-type labels` numbers the classes 1..C in the order given.
             pred_classes = {name: i + 1 for i, name in enumerate(mapping.names)}
         mask = None
         if args.mask:
             mask_path, mask_key = parse_path_key(args.mask)
-            mask = open_volume(mask_path, key=mask_key)
+            mask = stack.enter_context(open_volume(mask_path, key=mask_key))
         results = evaluate_volumes(
             pred,
             gt,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam4em.datasets import DatasetNotFoundError, get_dataset
+from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir
 from sam4em.evaluation import evaluate_volumes, format_table
 from sam4em.evaluation.plots import save_overlay_grid
 from sam4em.inference.segment import segment_volume
@@ -28,7 +28,7 @@ TEST_CROP = (slice(72, 88), slice(192, 576), slice(320, 704))
 
 def find_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     """`data_dir`, else $SAM4EM_DATA_DIR, else ../shared/data beside the current folder."""
-    candidates = [data_dir, os.environ.get("SAM4EM_DATA_DIR"), Path.cwd().parent / "shared" / "data"]
+    candidates = [resolve_data_dir(data_dir), Path.cwd().parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "lucchi_pp").is_dir():
             return Path(candidate)

@@ -110,6 +110,16 @@ class ClassMapping:
             parts.append(f"{IGNORE}={'|'.join(map(str, self.ignore))}")
         return ",".join(parts)
 
+    def single_codes(self) -> dict[str, int]:
+        """Class name -> its one label code, for evaluation, which compares one code per class."""
+        several = [name for name, codes in self.classes if len(codes) > 1]
+        if several:
+            raise ClassMappingError(
+                f"classes {', '.join(several)} have several codes in {self}; evaluation needs one code per class "
+                "(relabel the ground truth, e.g. merge the codes into one)"
+            )
+        return {name: codes[0] for name, codes in self.classes}
+
     @property
     def names(self) -> tuple[str, ...]:
         """Class names in channel order."""

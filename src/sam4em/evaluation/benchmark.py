@@ -190,7 +190,7 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path) -> 
     infer_seconds = time.time() - started
     mapping = ClassMapping.parse(plan.classes)
     scores = evaluate_volumes(
-        probs, labels, classes={n: mapping.codes(n)[0] for n in mapping.names}, voxel_size=plan.voxel_size, chunk_slices=16
+        probs, labels, classes=mapping.single_codes(), voxel_size=plan.voxel_size, chunk_slices=16
     )
     np.save(run_dir / "test_probs.npy", probs.astype(np.float16))
     return {

@@ -128,10 +128,11 @@ class SAM4EM(nn.Module):
             coarse = self.memory.condition(coarse, position, bank if bank is not None else self.memory.new_bank())
         sparse, dense = self.prompt_generator(coarse, position)
         dense = dense + self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
-        low1 = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense)
+        decoder_position = self._decoder_position(coarse)
+        low1 = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense, decoder_position)
         low2 = None
         if self.stage2_decoder is not None:
-            low2 = self.refine(features, coarse, sparse, low1)
+            low2 = self.refine(features, coarse, sparse, low1, decoder_position=decoder_position)
         # The detail head refines the final stage only: stage 2 is the refinement step.
         stage1 = self._to_image(low1, features.detail if low2 is None else None)
         stage2 = self._to_image(low2, features.detail) if low2 is not None else None
@@ -143,12 +144,16 @@ class SAM4EM(nn.Module):
         coarse: torch.Tensor,
         sparse: torch.Tensor,
         stage1_low_res: torch.Tensor,
+        *,
+        decoder_position: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Stage 2: the stage-1 logits (N, 1, H/4, W/4) become SAM's dense mask prompt -> logits (N, 1, H/4, W/4)."""
         if self.stage2_decoder is None:
             raise RuntimeError("this model has no second stage")
         dense = self.prompt_encoder.mask_embed(stage1_low_res)
-        return self._run_decoder(self.stage2_decoder, features, coarse, sparse, dense)
+        if decoder_position is None:
+            decoder_position = self._decoder_position(coarse)
+        return self._run_decoder(self.stage2_decoder, features, coarse, sparse, dense, decoder_position)
 
     def _run_decoder(
         self,
@@ -157,6 +162,7 @@ class SAM4EM(nn.Module):
         coarse: torch.Tensor,
         sparse: torch.Tensor,
         dense: torch.Tensor,
+        decoder_position: torch.Tensor,
     ) -> torch.Tensor:
         c = self.num_classes
         n = coarse.shape[0]
@@ -166,7 +172,7 @@ class SAM4EM(nn.Module):
         ]
         masks, _, _, _ = decoder(
             image_embeddings=coarse,
-            image_positional_embeddings=self._decoder_position(coarse).expand(n, -1, -1, -1),
+            image_positional_embeddings=decoder_position.expand(n, -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,

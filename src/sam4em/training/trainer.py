@@ -16,8 +16,9 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from sam4em.data.augment import AugmentConfig
 from sam4em.data.class_mapping import ClassMapping, ClassMappingError
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource
 from sam4em.data.splits import split_z
+from sam4em.evaluation.metrics import SemanticCounts
 from sam4em.io import open_volume, parse_path_key
 from sam4em.models.registry import set_trainable
 from sam4em.models.sam4em import SAM4EM
@@ -71,7 +73,7 @@ class _Interrupt:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        if not _is_main_thread():
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -85,12 +87,6 @@ class _Interrupt:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._requested = True
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -192,7 +188,9 @@ class _StepLoss(nn.Module):
 
 # -- validation ---------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(model: nn.Module, dataset, *, clip: bool, device: torch.device, batch_size: int = 4) -> np.ndarray:
+def validate(
+    model: nn.Module, dataset: Sequence[dict[str, Any]], *, clip: bool, device: torch.device, batch_size: int = 4
+) -> np.ndarray:
     """Hard Dice per class (threshold 0.5 on the final stage) over all validation samples -> (C,).
 
     Counts are pooled over the samples, and a class absent from both prediction and truth scores 1.
@@ -217,9 +215,7 @@ def validate(model: nn.Module, dataset, *, clip: bool, device: torch.device, bat
         batch = torch.stack([tp, fp, fn]).double().cpu()
         counts = batch if counts is None else counts + batch
     model.train(was_training)
-    tp, fp, fn = counts.numpy()
-    denominator = 2 * tp + fp + fn
-    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+    return np.array([SemanticCounts(int(tp), int(fp), int(fn), 0).dice for tp, fp, fn in counts.T.tolist()])
 
 
 # -- logging ------------------------------------------------------------------------------------
@@ -361,7 +357,7 @@ def train(
     return result
 
 
-def _parameter_groups(model: nn.Module, config: TrainConfig, stage: int, lr: float, scale: float) -> list[dict[str, Any]]:
+def _parameter_groups(model: nn.Module, stage: int, lr: float, scale: float) -> list[dict[str, Any]]:
     if isinstance(model, SAM4EM):
         set_trainable(model, finetune=model.build_options.finetune, memory=stage == 2)
     memory = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("memory.")]
@@ -416,7 +412,9 @@ def _run_stage(
         val_sources, clip=clip, stage=settings, size=size, config=config, train=False,
         samples=config.val_samples, seed=config.seed + 7919,
     )
-    groups = _parameter_groups(model, config, stage, settings.lr, settings.adapter_lr_scale)
+    # The validation samples are fixed (no augmentation, fixed seed): read them once per stage.
+    val_items = [val_set[i] for i in range(len(val_set))]
+    groups = _parameter_groups(model, stage, settings.lr, settings.adapter_lr_scale)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, warmup_steps=settings.warmup_steps, total_steps=settings.steps)
     step_loss: nn.Module = _StepLoss(model, config, clip=clip).to(device)
@@ -500,7 +498,7 @@ def _run_stage(
         }
         out_of_time = settings.max_seconds is not None and time.time() - stage_started > settings.max_seconds
         if step % config.val_every == 0 or step == settings.steps or out_of_time:
-            dice = validate(model, val_set, clip=clip, device=device)
+            dice = validate(model, val_items, clip=clip, device=device)
             model.train()
             row.update({f"val_dice_{n}": f"{d:.4f}" for n, d in zip(model.class_names, dice, strict=True)})
             row["val_dice_mean"] = f"{dice.mean():.4f}"
