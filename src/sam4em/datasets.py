@@ -153,6 +153,40 @@ _MITOEM_NOTES = (
     "datasets 'raw' and 'labels' at the mirror paths."
 )
 
+
+def _mitoem(tissue: str, what: str) -> DatasetSpec:
+    """MitoEM-R or -H (``tissue`` "r" or "h"): the two volumes share layout, sources and terms."""
+    name = f"mitoem_{tissue}"
+
+    def ref(split: str, key: str) -> VolumeRef:
+        return VolumeRef(f"{name}/{split}.h5", key)
+
+    archive = "https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-{}-{}.zip"
+    return DatasetSpec(
+        name=name,
+        description=f"{what}, multi-beam SEM, 1000×4096×4096, mitochondria instances (binarised in the mirror).",
+        citation=_MITOEM_CITATION,
+        license="research use (challenge terms)",
+        homepage="https://mitoem.grand-challenge.org/",
+        splits=(
+            SplitSpec("train", "train", ref("train", "raw"), ref("train", "labels")),
+            SplitSpec("val", "val", ref("val", "raw"), ref("val", "labels")),
+            SplitSpec("test", "test", ref("test", "raw"), None),
+        ),
+        classes=(("mito", (255,)),),
+        voxel_size_nm=(30.0, 8.0, 8.0),
+        remote=tuple(
+            RemoteFile(
+                url=archive.format(tissue.upper(), part),
+                sha256=None,
+                dest=f"{name}/EM30-{tissue.upper()}-{part}.zip",
+                unpack=True,
+            )
+            for part in ("im", "mito-train-val-v2")
+        ),
+        notes=_MITOEM_NOTES,
+    )
+
 # The URLs and checksums below were written from memory of the projects' download pages
 # (Casser et al.'s connectomics page, the MitoEM Grand Challenge and its Hugging Face copy,
 # figshare) and could not be checked offline: treat them as unverified until a first download
@@ -290,80 +324,8 @@ _REGISTRY: dict[str, DatasetSpec] = {
             "multi-page uint8 TIFF at the mirror paths. Some label slices mark unimaged area; "
             "check the codes with ClassMapping.validate after converting.",
         ),
-        DatasetSpec(
-            name="mitoem_r",
-            description="MitoEM-R: adult rat layer II/III visual cortex, multi-beam SEM, "
-            "1000×4096×4096, mitochondria instances (binarised in the mirror).",
-            citation=_MITOEM_CITATION,
-            license="research use (challenge terms)",
-            homepage="https://mitoem.grand-challenge.org/",
-            splits=(
-                SplitSpec(
-                    "train",
-                    "train",
-                    VolumeRef("mitoem_r/train.h5", "raw"),
-                    VolumeRef("mitoem_r/train.h5", "labels"),
-                ),
-                SplitSpec(
-                    "val", "val", VolumeRef("mitoem_r/val.h5", "raw"), VolumeRef("mitoem_r/val.h5", "labels")
-                ),
-                SplitSpec("test", "test", VolumeRef("mitoem_r/test.h5", "raw"), None),
-            ),
-            classes=(("mito", (255,)),),
-            voxel_size_nm=(30.0, 8.0, 8.0),
-            remote=(
-                RemoteFile(
-                    url="https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-R-im.zip",
-                    sha256=None,
-                    dest="mitoem_r/EM30-R-im.zip",
-                    unpack=True,
-                ),
-                RemoteFile(
-                    url="https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-R-mito-train-val-v2.zip",
-                    sha256=None,
-                    dest="mitoem_r/EM30-R-mito-train-val-v2.zip",
-                    unpack=True,
-                ),
-            ),
-            notes=_MITOEM_NOTES,
-        ),
-        DatasetSpec(
-            name="mitoem_h",
-            description="MitoEM-H: adult human layer II temporal lobe, multi-beam SEM, "
-            "1000×4096×4096, mitochondria instances (binarised in the mirror).",
-            citation=_MITOEM_CITATION,
-            license="research use (challenge terms)",
-            homepage="https://mitoem.grand-challenge.org/",
-            splits=(
-                SplitSpec(
-                    "train",
-                    "train",
-                    VolumeRef("mitoem_h/train.h5", "raw"),
-                    VolumeRef("mitoem_h/train.h5", "labels"),
-                ),
-                SplitSpec(
-                    "val", "val", VolumeRef("mitoem_h/val.h5", "raw"), VolumeRef("mitoem_h/val.h5", "labels")
-                ),
-                SplitSpec("test", "test", VolumeRef("mitoem_h/test.h5", "raw"), None),
-            ),
-            classes=(("mito", (255,)),),
-            voxel_size_nm=(30.0, 8.0, 8.0),
-            remote=(
-                RemoteFile(
-                    url="https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-H-im.zip",
-                    sha256=None,
-                    dest="mitoem_h/EM30-H-im.zip",
-                    unpack=True,
-                ),
-                RemoteFile(
-                    url="https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-H-mito-train-val-v2.zip",
-                    sha256=None,
-                    dest="mitoem_h/EM30-H-mito-train-val-v2.zip",
-                    unpack=True,
-                ),
-            ),
-            notes=_MITOEM_NOTES,
-        ),
+        _mitoem("r", "MitoEM-R: adult rat layer II/III visual cortex"),
+        _mitoem("h", "MitoEM-H: adult human layer II temporal lobe"),
     )
 }
 
