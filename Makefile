@@ -4,20 +4,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo benchmark clean
+.PHONY: install test lint demo benchmark clean gui-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first, pinned: the CPU build on this machine's disk. Unpinned, pip would fetch CUDA wheels.
+# sam2 last: Meta's SAM2, the oracle of tests/test_meta_parity.py (test-only; PyPI has only its source),
+# built against our torch, without its CUDA extension, and --no-deps (PyPI's torchvision breaks beside
+# a CPU torch); what its model code imports is in the `oracle` extra.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,napari,gui-test,oracle]"
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-deps --no-build-isolation sam2==1.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The napari widget tests need an X screen with OpenGL (Qt's offscreen platform has no GL for napari's
+# canvas): pytest-xvfb starts Xvfb, installed here from Debian's packages when missing (as root).
+XVFB_PACKAGES := xvfb libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
+	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-cursor0 libxcb-xkb1 \
+	libfontconfig1 libdbus-1-3
+gui-deps:
+	@command -v Xvfb >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq $(XVFB_PACKAGES) >/dev/null; } \
+		|| { echo "make: install Xvfb for the GUI tests: apt-get install $(XVFB_PACKAGES)"; exit 1; }
+
+test: $(STAMP) gui-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

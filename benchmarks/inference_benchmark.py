@@ -135,28 +135,13 @@ def measure_stream(config: Config, workdir: Path) -> dict[str, Any]:
 def measure_encoder(config: Config) -> dict[str, Any]:
     import torch
 
+    from sam4em.evaluation.speed_benchmark import model_rates
     from sam4em.models import build_model
 
     model = build_model(config.model, 1, pretrained=False, image_size=config.window).eval()
-    images = torch.rand(ENCODER_BATCH, 1, config.window, config.window)
-    pixels = (images.expand(-1, 3, -1, -1) - model.pixel_mean) / model.pixel_std
-    repeats = 2
-    with torch.inference_mode():
-        bank = model.new_memory_bank()
-        model(images, bank)
-        # A full bank is the steady state of all but the first slices of a volume; copies of one
-        # entry cost memory attention the same as distinct ones, without running the model 6 times.
-        while bank is not None and len(bank) < bank.capacity:
-            bank.push(bank.entries[-1])
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model.image_encoder(pixels)
-        encoder = (time.perf_counter() - start) / repeats / ENCODER_BATCH
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(images, bank)
-        full = (time.perf_counter() - start) / repeats / ENCODER_BATCH
-    return {"encoder_ms": 1e3 * encoder, "full_ms": 1e3 * full, "overhead": full / encoder - 1.0}
+    # Full memory bank, encoder and model timed in turns (medians): see `sam4em benchmark --profile speed`.
+    rates = model_rates(model, torch.rand(ENCODER_BATCH, 1, config.window, config.window), repeats=2)
+    return {"encoder_ms": rates["encoder_ms"], "full_ms": rates["full_ms"], "overhead": rates["ratio"] - 1.0}
 
 
 def worker(config: Config, workdir: Path, threads: int) -> None:

@@ -182,6 +182,6 @@ def test_anisotropic_voxels_scale_distances_per_axis(tmp_path: Path, capsys: pyt
     for extra, expected in (([], 1000.0), (["--voxel-size", "1,1,1"], 1.0)):
         out = tmp_path / "scores.json"
         assert main(["evaluate", str(tmp_path / "pred.zarr"), str(tmp_path / "gt.zarr"), "--classes", "m=1",
-                     "--json", str(out), *extra]) == 0
+                     "--json", str(out), "--overwrite", *extra]) == 0
         assert json.loads(out.read_text())["classes"]["m"]["hausdorff"] == pytest.approx(expected)
     capsys.readouterr()

@@ -60,7 +60,7 @@ class TestSegment:
             ["segment", f"{tmp_path / 'vol.h5'}:nokey", str(tmp_path / "out.zarr"), "--model", "test-tiny"],
             capsys, "vol.h5", "nokey",
         )
-        assert "'raw'" in line and "--input-key" in line
+        assert "'raw'" in line and "path.h5:KEY" in line
 
     def test_unknown_model_name(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         line = _fails(

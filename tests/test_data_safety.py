@@ -14,10 +14,13 @@ import yaml
 from safetensors.torch import save_file
 
 from sam4em.cli import main
+from sam4em.fingerprint import digest_file as file_digest
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
 from sam4em.io import create_volume, open_volume
 from sam4em.models import CheckpointError, build_model, load_model, save_model
-from sam4em.safety import file_digest
+from sam4em.training.config import load_config
+from sam4em.training.presets import resolve_preset
+from sam4em.training.run_folder import prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: 2 threads on 2 shared cores crawl
 
@@ -144,10 +147,13 @@ def _train_config(tmp_path: Path) -> Path:
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "code-ran"
+    config = _train_config(tmp_path)
+    # A started run of this very config (its record written as `sam4em train` writes it), whose
+    # checkpoint was replaced by a pickle that runs code when fully unpickled.
+    prepare_run_dir(tmp_path / "run", load_config(config, preset=resolve_preset("auto")), resume=False)
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
     checkpoint.parent.mkdir(parents=True)
     torch.save({"stage": 1, "step": 1, "model": _Payload(marker)}, checkpoint)
-    config = _train_config(tmp_path)
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 2
     line = _one_error_line(capsys)
     assert "last.pt" in line and "delete it" in line

@@ -75,6 +75,9 @@ def test_backward_reaches_every_trainable_parameter():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
+            # Every class is absent from every slice (object score <= 0), so the memory carries the
+            # object-absent embedding, which must then receive a gradient too.
+            model.stage2_decoder.pred_obj_score_head.proj_out.bias.fill_(-100.0)
         out = model.forward_clip(_slices(3, 2).unsqueeze(0))
         (out.stage1.mean() + out.stage2.mean()).backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -88,9 +91,9 @@ def test_stage2_consumes_stage1(tiny3):
         position = features.position.repeat_interleave(3, dim=0)
         sparse, _ = tiny3.prompt_generator(coarse, position)
         low1 = tiny3.decode(features).low_res_stage1
-        a = tiny3.refine(features, coarse, sparse, low1)
-        b = tiny3.refine(features, coarse, sparse, low1 + 5.0 * torch.randn_like(low1))
-        c = tiny3.refine(features, coarse, sparse, low1.clone())
+        a, _ = tiny3.refine(features, coarse, sparse, low1)
+        b, _ = tiny3.refine(features, coarse, sparse, low1 + 5.0 * torch.randn_like(low1))
+        c, _ = tiny3.refine(features, coarse, sparse, low1.clone())
     assert torch.equal(a, c)
     assert (a - b).abs().max() > 0.1 * a.abs().max()
 
@@ -206,3 +209,90 @@ def test_new_adapters_start_as_identity():
         for p in full.detail_head.fuse[-1].parameters():
             p.add_(0.1)
         assert not torch.allclose(full(images).logits, bare(images).logits, atol=1e-6)
+
+
+def _class_folded(model, features):
+    c = model.num_classes
+    return features.coarse.repeat_interleave(c, dim=0), features.position.repeat_interleave(c, dim=0)
+
+
+@pytest.mark.parametrize("bank_size", [1, 3])
+def test_an_entry_d_slices_back_reads_temporal_row_d_minus_1(tiny3, bank_size):
+    """SAM2's rule (Meta: ``maskmem_tpos_enc[num_maskmem - t_pos - 1]``, t_pos = num_maskmem - d): a bank of
+    k entries reads rows 0 .. k-1 of the temporal table and no other. (The exact pairing of entries and
+    rows is checked against Meta's code in test_meta_parity.py.)"""
+    memory = tiny3.memory
+    bank = tiny3.new_memory_bank()
+    with torch.no_grad():
+        for k in range(bank_size):
+            tiny3(_slices(1, 50 + k), bank)
+        coarse, position = _class_folded(tiny3, tiny3.encode(_slices(1, 60)))
+        reference = memory.condition(coarse, position, bank)
+        table = memory.temporal_encoding.detach().clone()
+        generator = torch.Generator().manual_seed(61)
+        read = []
+        for row in range(table.shape[0]):
+            # A row shifts all keys of its entry alike, which attention mostly ignores (softmax is
+            # invariant to shifting every key): whether the output moves at all is the test.
+            memory.temporal_encoding[row] += torch.randn(table.shape[1:], generator=generator)
+            read.append(not torch.equal(reference, memory.condition(coarse, position, bank)))
+            memory.temporal_encoding.copy_(table)
+    assert read == [row < bank_size for row in range(table.shape[0])]
+
+
+def test_absent_objects_are_remembered_as_absent(tiny3):
+    """Where the object score is <= 0 (and only there) the entry carries the object-absent embedding."""
+    memory = tiny3.memory
+    scores = torch.tensor([[1.0], [0.0], [-2.0], [0.5]])
+    with torch.no_grad():
+        coarse = tiny3.encode(_slices(1, 70)).coarse.expand(4, -1, -1, -1)
+        logits = 4.0 * torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(71))
+        initial = memory.no_object_embedding.detach().clone()
+        assert not initial.any(), "untrained, the embedding starts at zero and changes nothing"
+        memory.no_object_embedding.copy_(torch.randn_like(initial))  # as trained
+        entry = memory.encode(coarse, logits, scores)
+        present = memory.encode(coarse, logits, torch.ones_like(scores))
+        shift = memory.no_object_embedding.view(1, -1, 1, 1).expand_as(present.features[[1, 2]]).clone()
+        memory.no_object_embedding.copy_(initial)
+    assert torch.equal(entry.features[[0, 3]], present.features[[0, 3]])
+    assert torch.allclose(entry.features[[1, 2]] - present.features[[1, 2]], shift, atol=1e-5)
+    assert torch.equal(entry.position, present.position)
+
+
+def test_memory_remembers_the_final_stage_object_scores(tiny3):
+    bank = tiny3.new_memory_bank()
+    with torch.no_grad():
+        images = _slices(1, 72)
+        out = tiny3(images, bank)
+        coarse, position = _class_folded(tiny3, tiny3.encode(images))
+        conditioned = tiny3.memory.condition(coarse, position, tiny3.new_memory_bank())
+        sparse, _ = tiny3.prompt_generator(conditioned, position)
+        _, stage2_scores = tiny3.refine(tiny3.encode(images), conditioned, sparse, out.low_res_stage1)
+        expected = tiny3.memory.encode(coarse, out.logits.reshape(-1, 1, 64, 64), stage2_scores)
+    assert out.object_score.shape == (3, 1)
+    assert torch.equal(out.object_score, stage2_scores)
+    assert torch.equal(bank.entries[-1].features, expected.features)
+
+
+def test_image_size_1024_builds_runs_and_reloads(tmp_path):
+    """Meta's predictors run SAM2.1 at 1024 (sam4em's default is 512): `model.image_size: 1024` works."""
+    model = build_model("test-tiny", 1, pretrained=False, image_size=1024).eval()
+    with torch.no_grad():
+        clip = model.forward_clip(_slices(2, 80, size=1024).unsqueeze(0))  # the second slice reads memory
+    assert clip.logits.shape == (1, 2, 1, 1024, 1024)
+    assert torch.isfinite(clip.logits).all()
+    save_model(model, tmp_path / "run")
+    loaded = load_model(tmp_path / "run")
+    assert loaded.image_size == 1024 and loaded.build_options.image_size == 1024
+    expected = model.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+
+
+def test_multimask_fallback_is_an_option_saved_with_the_model(tmp_path):
+    plain = build_model("test-tiny", 1, pretrained=False)
+    assert not plain.stage1_decoder.dynamic_multimask_via_stability
+    model = build_model("test-tiny", 1, pretrained=False, multimask_fallback=True)
+    save_model(model, tmp_path / "run")
+    loaded = load_model(tmp_path / "run")
+    assert loaded.build_options.multimask_fallback
+    assert loaded.stage1_decoder.dynamic_multimask_via_stability and loaded.stage2_decoder.dynamic_multimask_via_stability

@@ -35,6 +35,9 @@ def _assert_loaded(model, sam2: Sam2VideoModel) -> None:
                 assert torch.equal(value, reference["mask_decoder." + key.replace(".base_layer", "")]), key
     for key, value in model.memory.memory_attention.state_dict().items():
         assert torch.equal(value, reference["memory_attention." + key]), key
+    # Meta's maskmem_tpos_enc and no_obj_embed_spatial: the memory reads both.
+    assert torch.equal(model.memory.temporal_encoding, reference["memory_temporal_positional_encoding"])
+    assert torch.equal(model.memory.no_object_embedding, reference["occlusion_spatial_embedding_parameter"])
 
 
 def test_meta_key_mapping_round_trips_on_official_layout(tiny_sam2):

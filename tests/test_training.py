@@ -14,7 +14,6 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from sam4em.cli import main as cli_main
 from sam4em.models import load_model
 from sam4em.training.config import ConfigError, config_from_dict, load_config
 from sam4em.training.trainer import train
@@ -155,18 +154,6 @@ def test_every_baseline_trains_a_step(method, tmp_path):
     with torch.no_grad():
         clip = torch.rand(1, 3, 1, 64, 64)
         assert model.forward_clip(clip).logits.shape == (1, 3, 1, 64, 64)
-
-
-@pytest.mark.parametrize("name", ["lucchi_pp", "isbi2012", "vnc"])
-def test_example_configs_run_from_the_command_line(name, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAM4EM_DATA_DIR", str(data_dir))
-    args = [
-        "train", str(REPO / "configs" / f"{name}.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
-        "--set", "model.base=test-tiny", "--set", "stage1.steps=1", "--set", "stage2.steps=1",
-        "--set", "stage2.clip_length=2", "--set", "val_samples=1", "--set", "tensorboard=false",
-    ]
-    assert cli_main(args) == 0
-    assert (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_config_errors_name_the_problem(tmp_path):

@@ -7,9 +7,9 @@ evaluates it against the expert labels and writes a short report with an overlay
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir
 from sam4em.evaluation import evaluate_volumes, format_table
 from sam4em.evaluation.plots import save_overlay_grid
+from sam4em.evaluation.results_file import write_json
 from sam4em.inference.segment import segment_volume
 from sam4em.models import load_model
 from sam4em.training.config import config_from_dict
@@ -26,17 +27,27 @@ from sam4em.training.trainer import train
 TEST_CROP = (slice(72, 88), slice(192, 576), slice(320, 704))
 
 
-def find_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
-    """`data_dir`, else $SAM4EM_DATA_DIR, else ../shared/data beside the current folder."""
-    candidates = [resolve_data_dir(data_dir), Path.cwd().parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "lucchi_pp").is_dir():
-            return Path(candidate)
-    raise DatasetNotFoundError(
-        "Lucchi++ not found (looked in --data-dir, $SAM4EM_DATA_DIR and ../shared/data); download it from "
-        "https://www.epfl.ch/labs/cvlab/data/data-em/ (or run `sam4em datasets`) and put "
-        "lucchi_pp/{train,test}_{image,label}.tif under a folder you pass as --data-dir"
-    )
+def find_data_dir(data_dir: str | os.PathLike[str] | None, datasets: Sequence[str] = ("lucchi_pp",)) -> Path:
+    """The folder holding ``datasets``: `data_dir`, else $SAM4EM_DATA_DIR, else ../shared/data.
+
+    A folder that is given (argument or environment) is used or refused, never replaced by the
+    fallback: a typo must not make a long run read other data than asked for.
+    """
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        fallback = Path.cwd().parent / "shared" / "data"
+        if not fallback.is_dir():
+            raise DatasetNotFoundError(
+                f"no data folder: pass --data-dir or set $SAM4EM_DATA_DIR to a folder holding {', '.join(datasets)} "
+                "(see `sam4em datasets` for where to get them)"
+            )
+        root = fallback
+    if not root.is_dir():
+        given = "--data-dir" if data_dir is not None else "$SAM4EM_DATA_DIR"
+        raise DatasetNotFoundError(f"{root}: no such folder (given as {given}; check the path)")
+    for name in datasets:
+        get_dataset(name, data_dir=root)  # raises naming the missing files
+    return root
 
 
 def demo_config(data_dir: Path, minutes: float) -> dict:
@@ -57,15 +68,25 @@ def demo_config(data_dir: Path, minutes: float) -> dict:
     }
 
 
-def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", data_dir: str | None = None, minutes: float = 8.0) -> Path:
-    """Train, segment, evaluate; returns the path of ``report.md`` in `out_dir`."""
+def run_demo(
+    *,
+    out_dir: str | os.PathLike[str] = "demo_out",
+    data_dir: str | None = None,
+    minutes: float = 8.0,
+    progress: bool = True,
+) -> Path:
+    """Train, segment, evaluate; returns the path of ``report.md`` in `out_dir`.
+
+    Raises KeyboardInterrupt after SIGINT/SIGTERM stopped the training (its checkpoint is kept:
+    running the demo again continues it).
+    """
     data = find_data_dir(data_dir)
     out = Path(out_dir)
     run_dir = out / "run"
     started = time.time()
     config = config_from_dict(demo_config(data, minutes))
     resume = (run_dir / "checkpoints").exists()
-    result = train(config, run_dir, resume=resume)
+    result = train(config, run_dir, resume=resume, progress=progress)
     if result.interrupted:
         raise KeyboardInterrupt
     train_seconds = time.time() - started
@@ -79,7 +100,7 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", data_dir: str | No
     probs = segment_volume(image, model, direction="both")
     seconds_per_slice = (time.time() - started) / image.shape[0]
     results = evaluate_volumes(probs, labels, classes={"mito": 255}, voxel_size=(5.0, 5.0, 5.0))
-    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
+    write_json(out / "metrics.json", results, overwrite=True)
     middle = image.shape[0] // 2
     save_overlay_grid(
         [image[middle] / 255.0],

@@ -1,14 +1,13 @@
 """Checks that protect data: run before heavy work, so a bad argument costs seconds, not a model load.
 
-`check_segment_args` is what ``sam4em segment`` runs first: the input opens (file, key), the output is
-not the input and is not replaced without ``--overwrite``, the classes and tile fit the model, and the
-output fits on its disk. Every refusal is one line naming the file, the problem and the fix.
-`file_digest` lets tests prove that inputs are never modified.
+`check_segment_args` is what ``sam4em segment`` runs first: the device exists, the input opens (file,
+key), the output is neither the input nor under a file and is not replaced without ``--overwrite``, the
+classes and tile fit the model, and the output fits on its disk. Every refusal is one line naming the
+file, the problem and the fix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,32 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from sam4em.io import VolumeError, open_volume
+from sam4em.claim import refuse_file_parent
+from sam4em.devices import resolve_device
+from sam4em.io import VolumeError, open_volume, resolve_path
 
 #: Bytes per voxel and class of each ``--output-type``; probabilities are stored as float16 by default,
 #: instances as uint32 beside a temporary uint8 label store (see `sam4em.inference.streaming`).
 _BYTES_PER_VOXEL = {"probs": np.dtype(np.float16).itemsize, "labels": 1, "instances": 4 + 1}
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, or of a folder's files (names and contents), so any change shows."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    for file in files:
-        name = file.relative_to(root).as_posix() if root.is_dir() else ""
-        # Name and size delimit each file, so moving bytes between files changes the digest too.
-        digest.update(f"{name}\0{file.stat().st_size}\0".encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def refuse_same_path(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
     """Refuse an output that is the input (also through a symlink or a hard link)."""
     source, target = Path(input_path), Path(output_path)
-    same = source.resolve() == target.resolve()
+    same = resolve_path(source) == resolve_path(target)  # a link loop: one-line VolumeError
     if not same and source.exists() and target.exists():
         same = os.path.samefile(source, target)
     if same:
@@ -110,11 +96,14 @@ def check_segment_args(
     halo: tuple[int, int] | None,
     overwrite: bool,
     resume: bool,
+    device: str | None = None,
 ) -> None:
     """Everything about a segmentation request that can be refused before the model is loaded."""
     from sam4em.inference.predictor import plan_tiling
 
+    resolve_device(device)
     refuse_same_path(input_path, output_path)
+    refuse_file_parent(output_path)
     with open_volume(input_path, key=input_key) as volume:  # read-only; errors name the file and key
         shape = tuple(int(s) for s in volume.shape)
     exists = Path(output_path).exists()

@@ -102,6 +102,11 @@ def volume_percentiles(
     zs = np.unique(np.linspace(start, stop - 1, min(max_slices, stop - start)).round().astype(int))
     samples = [_subsample(_finite_values(np.asarray(volume[int(z)])), _MAX_SAMPLES_PER_SLICE) for z in zs]
     values = np.concatenate(samples)
+    if values.dtype == bool:
+        raise ValueError(
+            f"{getattr(volume, 'path', 'volume')}: holds a boolean volume (a mask?), not an EM image; "
+            "pass the grey-value image (or store the volume as uint8)"
+        )
     if values.size == 0:
         return 0.0, 0.0
     lo, hi = np.percentile(values.astype(np.float64), [low, high])

@@ -17,6 +17,10 @@ With probability ``p_fg`` a crop is centred on a foreground voxel of a randomly 
 (found on a subsampled grid once per source), so that rare small structures such as
 synapses are seen often enough; otherwise the crop position is uniform. Crops larger than
 the slice are reflect-padded and the padding is marked invalid.
+
+Sparse annotation: a source's ``labelled_slices`` names its annotated slices. Crops are drawn
+around them (clips contain at least one, the other slices of a clip serve as memory context) and
+``valid`` is False on every unannotated slice, so only annotated slices give loss.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class VolumeSource:
     label_key: str | None = None
     z_range: tuple[int, int] | None = None
     name: str = ""
+    # Sparse annotation: z indices of the annotated slices (the others only give context); None: all.
+    labelled_slices: tuple[int, ...] | None = None
+    # Read labels whose Zarr store lacks chunks (as the fill value) instead of refusing them.
+    allow_missing_chunks: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class _SourceInfo:
     shape: tuple[int, int, int]
     z_range: tuple[int, int]
     bounds: tuple[float, float]
+    labelled: tuple[int, ...] | None  # annotated slices inside z_range, sorted; None: all
 
 
 def _window_start(centre: int, size: int, extent: int) -> int:
@@ -92,6 +101,43 @@ def _read_padded(
         mode = "reflect" if min(block.shape[1:]) > 1 else "edge"
         block = np.pad(block, pad, mode=mode)
     return block, inside
+
+
+def resolve_labelled_slices(
+    spec: int | Sequence[int] | None, train_range: tuple[int, int], volume_range: tuple[int, int]
+) -> tuple[int, ...] | None:
+    """The annotated slices of a volume from a config's ``labelled_slices``.
+
+    An int N: N evenly spaced slices of the training part `train_range` (the centres of N equal
+    blocks, so 1 is its middle slice). A list: those z indices, which must lie in `volume_range`
+    (training or validation part alike). None: every slice is annotated.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        start, stop = train_range
+        if not 1 <= spec <= stop - start:
+            raise ValueError(f"labelled_slices: {spec} must be between 1 and the {stop - start} training slices")
+        return tuple(int(start + (i + 0.5) * (stop - start) / spec) for i in range(spec))
+    outside = [z for z in spec if not volume_range[0] <= z < volume_range[1]]
+    if not spec or outside:
+        raise ValueError(
+            f"labelled_slices: {list(spec)} must be a non-empty list of slices in {volume_range[0]}..{volume_range[1] - 1}"
+        )
+    return tuple(sorted({int(z) for z in spec}))
+
+
+def _labelled_in(source: VolumeSource, z_range: tuple[int, int]) -> tuple[int, ...] | None:
+    """The annotated slices of `source` inside `z_range` (sorted), None when all are annotated."""
+    if source.labelled_slices is None:
+        return None
+    inside = tuple(sorted({int(z) for z in source.labelled_slices if z_range[0] <= z < z_range[1]}))
+    if not inside:
+        raise ValueError(
+            f"{source.image_path}: none of the labelled slices {list(source.labelled_slices)} lies in z-range "
+            f"{z_range[0]}-{z_range[1]}; annotate a slice there or change labelled_slices"
+        )
+    return inside
 
 
 class _CropDataset(Dataset[dict[str, Any]]):
@@ -171,7 +217,8 @@ class _CropDataset(Dataset[dict[str, Any]]):
         if index not in self._handles:
             source = self.sources[index]
             image = open_volume(source.image_path, key=source.image_key)
-            label = open_volume(source.label_path, key=source.label_key)
+            # A Zarr chunk lost from the labels would train as background: refused unless allowed.
+            label = open_volume(source.label_path, key=source.label_key, allow_missing_chunks=source.allow_missing_chunks)
             if tuple(image.shape) != tuple(label.shape) or len(image.shape) != 3:
                 raise ValueError(
                     f"image {source.image_path} {tuple(image.shape)} and labels {source.label_path} "
@@ -198,7 +245,7 @@ class _CropDataset(Dataset[dict[str, Any]]):
                 bounds = volume_percentiles(
                     image, *self.percentiles, max_slices=self.percentile_slices, z_range=z_range
                 )
-                info.append(_SourceInfo(shape, z_range, bounds))  # type: ignore[arg-type]
+                info.append(_SourceInfo(shape, z_range, bounds, _labelled_in(source, z_range)))  # type: ignore[arg-type]
             self._info = info
         return self._info
 
@@ -207,10 +254,11 @@ class _CropDataset(Dataset[dict[str, Any]]):
         if index not in self._foreground:
             _, label = self._volumes(index)
             mapping = self.sources[index].mapping
-            start, stop = self._source_info()[index].z_range
+            info = self._source_info()[index]
             step = self.fg_stride
             per_class: list[list[np.ndarray]] = [[] for _ in mapping.names]
-            for z in range(start, stop, self.fg_z_stride):
+            # Foreground of unannotated slices is unknown: crops are centred on annotated ones only.
+            for z in info.labelled or range(*info.z_range, self.fg_z_stride):
                 # Whole slices are read and subsampled here: strided reads of chunked files
                 # would read the same chunks anyway.
                 targets = mapping.apply(np.asarray(label[z])[::step, ::step], dtype=np.uint8)
@@ -259,7 +307,12 @@ class _CropDataset(Dataset[dict[str, Any]]):
                 x = min(x + int(rng.integers(self.fg_stride)), size_x - 1)
                 z_start = int(np.clip(z - depth // 2, start, stop - depth))
                 return source, z_start, _window_start(y, height, size_y), _window_start(x, width, size_x)
-        z_start = int(rng.integers(start, stop - depth + 1))
+        if info[source].labelled is not None:
+            # A window around a random annotated slice, anywhere it fits: the others are memory context.
+            z = int(rng.choice(info[source].labelled))
+            z_start = int(rng.integers(max(start, z - depth + 1), min(z, stop - depth) + 1))
+        else:
+            z_start = int(rng.integers(start, stop - depth + 1))
         # Uniform window starts (not centres), so borders are sampled as often as the middle.
         y0 = int(rng.integers(size_y - height + 1)) if size_y >= height else _window_start(0, height, size_y)
         x0 = int(rng.integers(size_x - width + 1)) if size_x >= width else _window_start(0, width, size_x)
@@ -281,6 +334,9 @@ class _CropDataset(Dataset[dict[str, Any]]):
         targets = mapping.apply(labels)
         valid = inside & ~mapping.ignore_mask(labels)
         z = np.arange(z_start, z_start + depth)
+        labelled = self._source_info()[source].labelled
+        if labelled is not None:
+            valid &= np.isin(z, labelled)[:, None, None]  # no loss on unannotated slices
         clip = augment_clip(image, targets, rng, self.augment, mask=valid)
         if clip.reversed:
             z = z[::-1].copy()

@@ -15,6 +15,7 @@ from sam4em.evaluation.consistency import (
     slice_change,
 )
 from sam4em.evaluation.evaluate import evaluate_volumes, format_table
+from sam4em.evaluation.evaluate_files import evaluate_files
 from sam4em.evaluation.instance_metrics import (
     MSA_THRESHOLDS,
     Contingency,
@@ -53,6 +54,7 @@ __all__ = [
     "confusion_counts",
     "contingency_table",
     "dice",
+    "evaluate_files",
     "evaluate_volumes",
     "flicker",
     "flicker_scores",

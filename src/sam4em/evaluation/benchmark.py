@@ -19,14 +19,22 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sam4em.evaluation.results_file import write_json
+
 METHODS = ("sam4em", "sam4em-no-enhancer", "two-stage-no-memory", "samed", "unet2d", "unet3d")
+DATASETS = ("lucchi_pp", "isbi2012", "vnc")
+#: Exit status of a run process stopped by SIGINT/SIGTERM (as a shell reports Ctrl-C).
+EXIT_INTERRUPTED = 130
 MEMORY_METHODS = ("sam4em", "sam4em-no-enhancer")
 
 
@@ -155,8 +163,11 @@ def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, 
     }
 
 
-def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path) -> dict[str, Any]:
-    """Train, segment the test crop, evaluate. Runs in its own process (see `run_benchmark`)."""
+def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Train, segment the test crop, evaluate. Runs in its own process (see `run_benchmark`).
+
+    Raises KeyboardInterrupt when the training was stopped (its checkpoint is kept for the next run).
+    """
     import torch
 
     from sam4em.data.class_mapping import ClassMapping
@@ -172,7 +183,9 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path) -> 
     run_dir = out_dir / "runs" / plan.name / method
     config = config_from_dict(train_config(plan, method, profile))
     started = time.time()
-    result = train(config, run_dir, resume=(run_dir / "checkpoints").exists(), progress=False)
+    result = train(config, run_dir, resume=(run_dir / "checkpoints").exists(), progress=progress)
+    if result.interrupted:
+        raise KeyboardInterrupt  # a stopped training must not be scored as if it had finished
     train_seconds = time.time() - started
     model = load_model(run_dir)
     (z0, z1), (y0, y1), (x0, x1) = plan.test_crop
@@ -219,11 +232,37 @@ def _plain(value: Any) -> Any:
     return float(value) if isinstance(value, (np.floating, float, int, np.integer)) else value
 
 
-def _worker(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, result_file: Path) -> None:
-    record = run_one(plan, method, profile, out_dir)
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(result_file)
+def _worker(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, result_file: Path, progress: bool) -> None:
+    try:
+        record = run_one(plan, method, profile, out_dir, progress)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)  # no traceback: the parent reports the interruption
+    write_json(result_file, record, overwrite=True)
+
+
+def run_in_process(context: Any, target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
+    """Run ``target(*args)`` in a fresh process; KeyboardInterrupt when it (or this process) was interrupted.
+
+    Ctrl-C reaches both processes; the run saves its checkpoint and ends, and we wait for it. A child
+    that was interrupted exits with `EXIT_INTERRUPTED` (or dies of SIGINT/SIGTERM); any other
+    failure is a RuntimeError naming the run.
+    """
+    process = context.Process(target=target, args=args)
+    process.start()
+    try:
+        process.join()
+    except KeyboardInterrupt:
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGINT)  # also when only this process was signalled
+        process.join(timeout=120)
+        if process.is_alive():
+            process.terminate()
+            process.join()
+        raise
+    if process.exitcode in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        raise KeyboardInterrupt
+    if process.exitcode != 0:
+        raise RuntimeError(f"benchmark run {name} failed (exit {process.exitcode}); see the output above")
 
 
 def run_benchmark(
@@ -233,22 +272,24 @@ def run_benchmark(
     out_dir: str | os.PathLike[str] = "benchmark_out",
     methods: list[str] | None = None,
     datasets: list[str] | None = None,
+    progress: bool = True,
 ) -> Path:
     """Run every (dataset, method) pair, each in a fresh process; write results.csv/.md and plots.
 
     Finished pairs (their ``result.json`` exists) are not run again, so an interrupted benchmark
-    continues where it stopped. Returns the path of ``results.md``.
+    continues where it stopped. Returns the path of ``results.md``. Raises KeyboardInterrupt when
+    stopped (SIGINT/SIGTERM), after the running pair saved its training checkpoint.
     """
     from sam4em.demo import find_data_dir
 
     settings = PROFILES[profile]
-    data = find_data_dir(data_dir)
+    unknown = set(methods or []) - set(METHODS) or set(datasets or []) - set(DATASETS)
+    if unknown:
+        raise ValueError(f"unknown method or dataset {sorted(unknown)}; methods: {', '.join(METHODS)}; datasets: {', '.join(DATASETS)}")
+    data = find_data_dir(data_dir, datasets or DATASETS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = dataset_plans(data, full_test=settings.full_test)
-    unknown = set(methods or []) - set(METHODS) or set(datasets or []) - set(plans)
-    if unknown:
-        raise ValueError(f"unknown method or dataset {sorted(unknown)}; methods: {', '.join(METHODS)}; datasets: {', '.join(plans)}")
     print(f"sam4em benchmark, profile {profile}: {settings.note}", flush=True)
     context = multiprocessing.get_context("spawn")
     records = []
@@ -258,11 +299,8 @@ def run_benchmark(
             result_file = out / "runs" / name / method / "result.json"
             if not result_file.exists():
                 result_file.parent.mkdir(parents=True, exist_ok=True)
-                process = context.Process(target=_worker, args=(plans[name], method, settings, out, result_file))
-                process.start()
-                process.join()
-                if process.exitcode != 0:
-                    raise RuntimeError(f"benchmark run {name}/{method} failed (exit {process.exitcode}); see the output above")
+                args = (plans[name], method, settings, out, result_file, progress)
+                run_in_process(context, _worker, args, f"{name}/{method}")
             record = json.loads(result_file.read_text())
             records.append(record)
             mean_iou = np.mean([c["iou"] for c in record["classes"].values()])

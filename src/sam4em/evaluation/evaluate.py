@@ -23,6 +23,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from sam4em.evaluation.consistency import compare_flicker, slice_change
+from sam4em.evaluation.input_checks import CodeTally, check_probabilities
 from sam4em.evaluation.instance_metrics import (
     Contingency,
     connectivity_structure,
@@ -253,6 +254,7 @@ def evaluate_volumes(
     chunk_slices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     connectivity: int | None = None,
+    allow_absent_classes: bool = False,
 ) -> dict[str, Any]:
     """Run all semantic, surface, instance and consistency metrics per class.
 
@@ -275,6 +277,8 @@ def evaluate_volumes(
         chunk_slices: slices read per chunk along z; None reads the whole volume at once.
         progress: called as ``progress(slices_done, n_slices)`` after each chunk.
         connectivity: of the 3D connected components, 1..3; None = 3 (26-connectivity).
+        allow_absent_classes: score a class whose code occurs nowhere in a ground truth that
+            holds other codes, instead of refusing it as a likely typo.
 
         2D (Y, X) inputs (prediction (Y, X) or (C, Y, X)) are evaluated as one slice.
 
@@ -287,7 +291,10 @@ def evaluate_volumes(
         flicker_diff (definitions and empty-volume conventions in the metric modules).
 
     Raises:
-        ValueError: on shape mismatches (naming both shapes), unknown classes or ambiguous inputs.
+        ValueError: on shape mismatches (naming both shapes), unknown classes or ambiguous inputs,
+            and on inputs that would score silently wrong (see :mod:`~sam4em.evaluation.input_checks`):
+            NaN or out-of-range probabilities, a class code absent from the ground truth, a label-map
+            prediction with other codes than those expected.
     """
     if len(gt.shape) == 2:
         pred, gt, mask, voxel_size = _promote_2d(pred, gt, mask, voxel_size)
@@ -330,6 +337,9 @@ def evaluate_volumes(
     n_slices = gt_shape[0]
     step = chunk_slices or max(n_slices, 1)
     accumulators = {name: _ClassAccumulator(connectivity) for name in classes}
+    pred_name = _named(pred, "prediction")
+    gt_codes = CodeTally(classes, _named(gt, "ground truth"))
+    pred_codes = CodeTally(pred_ids, pred_name) if not has_channels and pred_kind in "iu" else None
     for z0 in range(0, n_slices, step):
         z1 = min(z0 + step, n_slices)
         # One halo slice on each side so surface voxels at chunk borders see their real neighbours.
@@ -338,6 +348,11 @@ def evaluate_volumes(
         pred_block = np.asarray(pred[:, h0:h1] if has_channels else pred[h0:h1])
         mask_block = None if mask is None else np.asarray(mask[h0:h1]).astype(bool, copy=False)
         core = slice(z0 - h0, z1 - h0)
+        gt_codes.add(gt_block[core])
+        if pred_codes is not None:
+            pred_codes.add(pred_block[core])
+        if pred_kind == "f":
+            check_probabilities(pred_block, pred_name)
         for name, accumulator in accumulators.items():
             pred_fg, gt_fg = foreground(pred_block, name), gt_block == classes[name]
             if mask_block is not None:
@@ -345,6 +360,9 @@ def evaluate_volumes(
             accumulator.add(pred_fg, gt_fg, mask_block, core, z0, spacing)
         if progress is not None:
             progress(z1, n_slices)
+    gt_codes.check_ground_truth(gt, step, allow_absent_classes)
+    if pred_codes is not None:
+        pred_codes.check_prediction()
     return {
         "shape": gt_shape,
         "voxel_size": None if voxel_size is None else spacing,

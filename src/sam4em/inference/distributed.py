@@ -39,6 +39,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster, as_completed
 
+from sam4em.fingerprint import digest_state
 from sam4em.inference.predictor import ProgressCallback
 from sam4em.inference.streaming import (
     BlockJob,
@@ -52,21 +53,28 @@ from sam4em.inference.streaming import (
     stop_requested,
 )
 from sam4em.inference.tiling import ZBlock
-from sam4em.io import open_volume
+from sam4em.io import VolumeError, open_volume
 from sam4em.models import SAM4EM, load_model
 
 __all__ = ["segment_to_file_dask"]
 
 
 @lru_cache(maxsize=2)
-def _cached_model(source: str, device: str | None) -> SAM4EM:
-    # Loading takes seconds and a worker process runs many blocks: load once per process.
-    return load_model(source, device=device)
+def _cached_model(source: str, device: str | None, weights: str) -> SAM4EM:
+    """The model at `source`, loaded once per worker process (loading takes seconds), refused unless
+    its weights are those the run was started with (a run folder replaced meanwhile would mix models)."""
+    model = load_model(source, device=device)
+    if digest_state(model.state_dict()) != weights:
+        raise VolumeError(
+            f"{source}: the model changed after this segmentation started, so its blocks would mix two "
+            "models; rerun with --resume once the model is the one it started with, or start over"
+        )
+    return model
 
 
 def _segment_block(job: BlockJob, block: ZBlock, model: SAM4EM | str) -> int:
     """The task: segment one z-block into the output; returns the block's index."""
-    loaded = _cached_model(model, job.device) if isinstance(model, str) else model
+    loaded = _cached_model(model, job.device, job.model_weights) if isinstance(model, str) else model
     if job.device is not None:
         loaded = loaded.to(job.device)
     with open_volume(job.input_path, job.input_key) as volume:
@@ -118,38 +126,38 @@ def segment_to_file_dask(
     Returns:
         The output path, complete.
     """
-    run, loaded = prepare_run(input_path, output_path, model, distributed=True, **options)
-    if not run.todo:
+    with prepare_run(input_path, output_path, model, distributed=True, **options) as (run, loaded):
+        if not run.todo:
+            return finish_run(run)
+        counter = SliceCounter(run, progress)
+        done = set(run.done)
+        pending = iter(run.todo)
+        with _client(workers, scheduler_address) as client:
+            reference: Any
+            if isinstance(model, (str, os.PathLike)):
+                # A run folder as an absolute path, so workers started in another directory find it.
+                reference = os.path.abspath(model) if Path(model).exists() else os.fspath(model)
+            else:
+                reference = client.scatter(loaded, broadcast=True)
+            futures = as_completed()
+
+            def submit_next() -> None:
+                block = next(pending, None)
+                if block is not None:
+                    futures.add(client.submit(_segment_block, run.job, block, reference, pure=False))
+
+            # One task per worker thread: few enough that a stop only waits for blocks already running.
+            for _ in range(max(1, sum(client.nthreads().values()))):
+                submit_next()
+            try:
+                for future in futures:
+                    index = future.result()
+                    done.add(index)
+                    counter.tick(run.slices_per_block(run.blocks[index]))
+                    if not stop_requested(stop):
+                        submit_next()
+            finally:
+                mark_done(run, done)
+        if len(done) < len(run.blocks):
+            raise Interrupted(run.output, len(done), len(run.blocks))
         return finish_run(run)
-    counter = SliceCounter(run, progress)
-    done = set(run.done)
-    pending = iter(run.todo)
-    with _client(workers, scheduler_address) as client:
-        reference: Any
-        if isinstance(model, (str, os.PathLike)):
-            # A run folder as an absolute path, so workers started in another directory find it.
-            reference = os.path.abspath(model) if Path(model).exists() else os.fspath(model)
-        else:
-            reference = client.scatter(loaded, broadcast=True)
-        futures = as_completed()
-
-        def submit_next() -> None:
-            block = next(pending, None)
-            if block is not None:
-                futures.add(client.submit(_segment_block, run.job, block, reference, pure=False))
-
-        # One task per worker thread: few enough that a stop only waits for blocks already running.
-        for _ in range(max(1, sum(client.nthreads().values()))):
-            submit_next()
-        try:
-            for future in futures:
-                index = future.result()
-                done.add(index)
-                counter.tick(run.slices_per_block(run.blocks[index]))
-                if not stop_requested(stop):
-                    submit_next()
-        finally:
-            mark_done(run, done)
-    if len(done) < len(run.blocks):
-        raise Interrupted(run.output, len(done), len(run.blocks))
-    return finish_run(run)

@@ -39,17 +39,24 @@ concurrent writers):
   (``<output>.partial-labels.zarr``) first, then **loaded into memory** (roughly 20 bytes per voxel at
   peak, more with watershed), so instance outputs require the volume's labels to fit in RAM.
 
+An ``.ome.zarr`` output (or ``ome=True``) is OME-Zarr (NGFF 0.5) instead: the input image at the root,
+``labels/<class>`` (0/1 masks, or instance ids) or ``probabilities`` (one channel per class), each a
+pyramid whose levels every block writes for its own slices (:mod:`sam4em.io.ome_zarr_output`).
+
 Every output carries the input's voxel size and in ``attrs``: ``sam4em_run`` (a JSON string with the
-model base, run dir or name, class names, direction, tile, halo, block size, overlap, intensity bounds
-and the sam4em version), ``sam4em_blocks_done`` (indices of finished z-blocks) and
-``sam4em_complete`` (False until the whole output is written), so a reader can tell partial from
-finished outputs.
+model base, run dir or name, the digest of its weights, class names, direction, tile, halo, block
+size, overlap, intensity bounds and the sam4em version), ``sam4em_blocks_done`` (indices of finished
+z-blocks) and ``sam4em_complete`` (False until the whole output is written), so a reader can tell
+partial from finished outputs.
 
 Safety: the input is only ever opened read-only and may not be the output. An existing output is
 replaced only with ``overwrite=True``; the new one is then written to a hidden sibling
 (``.<name>.sam4em-partial<ext>``) and swapped in by renaming once complete, so stopping midway leaves
-the old output intact. ``resume=True`` continues a partial output written with the same options
-(only unfinished blocks are redone, and the result equals an uninterrupted run exactly).
+the old output intact. ``resume=True`` continues a partial output written with the same model weights
+(compared by digest, :func:`sam4em.fingerprint.digest_state`) and options, and refuses any other
+partial output (only unfinished blocks are redone, and the result equals an uninterrupted run
+exactly). One run at a time writes an output: :func:`prepare_run` holds the output's claim
+(:mod:`sam4em.claim`) while it runs, and a second run on the same output is refused at once.
 ``stop`` (a callable or a ``threading.Event``, e.g. set by the CLI's SIGINT handler) is checked
 before each block; when set, finished blocks stay on disk and :class:`Interrupted` is raised.
 """
@@ -57,10 +64,12 @@ before each block; when set, finished blocks stay on disk and :class:`Interrupte
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,12 +79,17 @@ import torch
 import zarr
 
 from sam4em import __version__
+from sam4em.claim import claim_output
 from sam4em.data.normalize import volume_percentiles
+from sam4em.devices import describe_device, device_for, resolve_device
+from sam4em.fingerprint import digest_state, mismatches
 from sam4em.inference.postprocess import probs_to_instances, probs_to_labels, to_uint8_probs
 from sam4em.inference.predictor import ProgressCallback, SlicePredictor, plan_tiling
 from sam4em.inference.segment import Direction, z_orders
 from sam4em.inference.tiling import ZBlock, z_blocks
-from sam4em.io import VolumeError, create_volume, open_volume, parse_path_key
+from sam4em.io import VolumeError, create_volume, open_volume, parse_path_key, resolve_path
+from sam4em.io.ome_zarr_output import OME_SUFFIX, create_ome_output, ome_output_keys, open_output
+from sam4em.io.output_record import BLOCKS_DONE, COMPLETE, INSTANCE_RANGES, RUN_RECORD
 from sam4em.io.paths import CONTAINER_SUFFIXES, PRECOMPUTED_SCHEME, SUFFIX_FORMATS
 from sam4em.models import SAM4EM, load_model
 
@@ -95,11 +109,8 @@ ProbsDtype = Literal["float16", "float32", "uint8"]
 StopSignal = Callable[[], bool] | threading.Event
 ModelSource = SAM4EM | str | os.PathLike[str]
 
-#: attrs keys of sam4em outputs.
-COMPLETE = "sam4em_complete"
-BLOCKS_DONE = "sam4em_blocks_done"
-RUN_RECORD = "sam4em_run"
 
+_log = logging.getLogger(__name__)
 _PROBS_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 _OUTPUT_DTYPES = {"labels": np.uint8, "instances": np.uint32}
 #: In-plane chunk edge of outputs: 1 MB uint8 chunks, small enough to view remotely.
@@ -142,6 +153,10 @@ class BlockJob:
     threshold: float
     target: Path
     keys: tuple[str | None, ...]
+    #: `digest_state` of the model the run was started with; workers loading it themselves check it.
+    model_weights: str
+    #: OME-Zarr outputs hold the input image too: its owned slices are copied there with each block.
+    input_copy: Path | None = None
 
     def predictor(self, model: SAM4EM) -> SlicePredictor:
         """A predictor for this job's slices; reuse it for all blocks one process runs."""
@@ -168,14 +183,19 @@ class BlockJob:
         buffers = np.empty((count, owned, *self.shape[1:]), dtype=dtype)
         for z, probs in self._fused(block, volume, predictor, tick):
             if self.stage == "labels":
-                buffers[0, z - block.write.start] = probs_to_labels(probs, self.threshold)
+                labels = probs_to_labels(probs, self.threshold)
+                # One class map (1..C), or one 0/1 mask per class (OME-Zarr's labels/<class>).
+                buffers[:, z - block.write.start] = labels if count == 1 else labels == np.arange(1, count + 1)[:, None, None]
             elif dtype == np.uint8:
                 buffers[:, z - block.write.start] = to_uint8_probs(probs)
             else:
                 buffers[:, z - block.write.start] = probs
         for key, buffer in zip(self.keys, buffers, strict=True):
-            with open_volume(self.target, key, mode="r+") as out:
+            with open_output(self.target, key, mode="r+") as out:
                 out[block.write] = buffer
+        if self.input_copy is not None:
+            with open_output(self.input_copy, None, mode="r+") as out:
+                out[block.write] = volume[block.write]
 
     def _pass(
         self,
@@ -379,7 +399,7 @@ def _z_chunk(block_size: int) -> int:
 def _read_record(path: Path, key: str | None) -> dict[str, Any] | None:
     """{"run": record, "complete": bool, "done": block indices} of a sam4em output, else None."""
     try:
-        with open_volume(path, key) as volume:
+        with open_output(path, key) as volume:
             attrs = dict(volume.attrs)
     except VolumeError:
         return None
@@ -392,13 +412,9 @@ def _read_record(path: Path, key: str | None) -> dict[str, Any] | None:
     }
 
 
-def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-
-
 def _mark(path: Path, keys: Sequence[str | None], **values: Any) -> None:
     for key in keys:
-        with open_volume(path, key, mode="r+") as volume:
+        with open_output(path, key, mode="r+") as volume:
             for name, value in values.items():
                 volume.attrs[name] = value
 
@@ -421,6 +437,7 @@ def _create(
         create_volume(path, shape, dtype, key=key, chunks=chunks, voxel_size=voxel_size, attrs=attrs).close()
 
 
+@contextmanager
 def prepare_run(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -444,16 +461,22 @@ def prepare_run(
     min_size: int = 0,
     watershed: bool = False,
     distributed: bool = False,
-) -> tuple[Run, SAM4EM]:
-    """Validate the options, create (or reopen, to resume) the output and plan its blocks.
+    ome: bool = False,
+) -> Iterator[tuple[Run, SAM4EM]]:
+    """Validate the options, claim the output, create (or reopen, to resume) it and plan its blocks.
 
     The arguments are those of :func:`segment_to_file`; ``distributed`` refuses output formats
-    several processes cannot write at once. Returns the run and the loaded model.
+    several processes cannot write at once. A context manager: yields the run and the loaded model,
+    and holds the output's claim (:func:`sam4em.claim.claim_output`) until the ``with`` block ends,
+    so a second run on the same output is refused while this one writes it.
     """
+    device = resolve_device(device)  # a device this machine lacks is refused before the model loads
     source = None
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
         model = load_model(source)
+    if device is None and not distributed:  # Dask workers keep their own default placement
+        device = device_for(model)
     if device is not None:
         model = model.to(device)
     if output_type not in ("probs", "labels", "instances"):
@@ -465,10 +488,13 @@ def prepare_run(
     out_spec, out_key = _split(output_path, output_key)
     out_path = Path(out_spec)
     fmt = _output_format(out_path, output_type, distributed)
-    if not in_spec.startswith(PRECOMPUTED_SCHEME) and out_path.resolve() == Path(in_spec).resolve():
+    ome = ome or out_path.name.lower().endswith(OME_SUFFIX)
+    if ome and (fmt != "zarr" or out_key):
+        raise VolumeError(f"{out_path}: OME-Zarr outputs are whole .zarr stores (use out{OME_SUFFIX}, without a key)")
+    if not in_spec.startswith(PRECOMPUTED_SCHEME) and resolve_path(out_path) == resolve_path(in_spec):
         raise VolumeError(f"{out_path}: is the input volume; write the segmentation to another file")
     with open_volume(in_spec, in_key) as volume:  # mode "r": the input is never opened for writing
-        shape, voxel_size = volume.shape, volume.voxel_size
+        shape, voxel_size, input_dtype = volume.shape, volume.voxel_size, volume.dtype
         bounds = volume_percentiles(volume)
     names = _class_names(model)
     indices = _select_classes(names, classes)
@@ -477,14 +503,18 @@ def prepare_run(
     overlap = (memory.capacity if memory is not None else 0) if overlap is None else overlap
     blocks = z_blocks(shape[0], block_size, overlap)
     plan = plan_tiling(shape[1:], model.image_size, tile_shape, halo)  # fails early on a bad tile/halo
-    keys = _output_keys(fmt, out_key, output_type, selected)
+    keys = ome_output_keys(output_type, selected) if ome else _output_keys(fmt, out_key, output_type, selected)
+    weights = digest_state(model.state_dict())
     record = {
         "sam4em_version": __version__,
         "input": in_spec,
         "input_key": in_key,
         "model_base": getattr(model, "spec_name", type(model).__name__),
         "model_source": source,
+        # The weights themselves, not their path: a run folder retrained in place is another model.
+        "model_weights": weights,
         "class_names": selected,
+        "ome_zarr": ome,
         "output_type": output_type,
         "probs_dtype": probs_dtype if output_type == "probs" else None,
         "direction": direction,
@@ -498,78 +528,93 @@ def prepare_run(
         "watershed": watershed if output_type == "instances" else None,
     }
 
-    written, swap, fresh = _choose_target(out_path, keys, record, overwrite=overwrite, resume=resume)
-    instances = output_type == "instances"
-    stage: Literal["probs", "labels"] = "probs" if output_type == "probs" else "labels"
-    job = BlockJob(
-        input_path=in_spec,
-        input_key=in_key,
-        shape=shape,
-        bounds=bounds,
-        class_indices=indices,
-        direction=direction,
-        tile_shape=plan.tile_shape,
-        halo=plan.halo,
-        batch_size=batch_size,
-        device=str(device) if device is not None else None,
-        stage=stage,
-        dtype=np.dtype(_PROBS_DTYPES[probs_dtype] if stage == "probs" else np.uint8).name,
-        threshold=threshold,
-        target=_labels_store(written) if instances else written,
-        keys=(None,) if instances else keys,
-    )
-    chunks = (_z_chunk(block_size), _CHUNK_YX, _CHUNK_YX)
-    attrs = {RUN_RECORD: json.dumps(record), COMPLETE: False}
-    progress_attrs = {**attrs, BLOCKS_DONE: []}
-    complete = False
-    done: frozenset[int] = frozenset()
-    if fresh:
-        _remove(written)
-        dtype = job.dtype if output_type == "probs" else _OUTPUT_DTYPES[output_type]
-        _create(written, keys, shape, dtype, chunks, voxel_size, attrs if instances else progress_attrs)
-    else:
-        found = _read_record(written, keys[0])
-        complete = found is not None and found["complete"]
-        done = found["done"] if found is not None else frozenset()
-    if complete:
-        done = frozenset(b.index for b in blocks)
-    elif instances:
-        found = _read_record(job.target, None)
-        if fresh or found is None or found["run"] != record:
-            _remove(job.target)
-            _create(job.target, (None,), shape, np.uint8, chunks, voxel_size, progress_attrs)
+    with claim_output(out_path):  # from here on the output's files are written
+        written, swap, fresh = _choose_target(out_path, keys, record, overwrite=overwrite, resume=resume)
+        instances = output_type == "instances"
+        stage: Literal["probs", "labels"] = "probs" if output_type == "probs" else "labels"
+        job = BlockJob(
+            input_path=in_spec,
+            input_key=in_key,
+            shape=shape,
+            bounds=bounds,
+            class_indices=indices,
+            direction=direction,
+            tile_shape=plan.tile_shape,
+            halo=plan.halo,
+            batch_size=batch_size,
+            device=str(device) if device is not None else None,
+            stage=stage,
+            dtype=np.dtype(_PROBS_DTYPES[probs_dtype] if stage == "probs" else np.uint8).name,
+            threshold=threshold,
+            target=_labels_store(written) if instances else written,
+            keys=(None,) if instances else keys,
+            model_weights=weights,
+            input_copy=written if ome else None,
+        )
+        chunks = (_z_chunk(block_size), _CHUNK_YX, _CHUNK_YX)
+        attrs = {RUN_RECORD: json.dumps(record), COMPLETE: False}
+        progress_attrs = {**attrs, BLOCKS_DONE: []}
+        complete = False
+        done: frozenset[int] = frozenset()
+        if fresh:
+            _remove(written)
+            dtype = job.dtype if output_type == "probs" else _OUTPUT_DTYPES[output_type]
+            if ome:
+                create_ome_output(
+                    written, shape=shape, input_dtype=input_dtype, output_type=output_type, classes=selected,
+                    dtype=dtype, chunks=chunks, voxel_size=voxel_size, attrs=attrs if instances else progress_attrs,
+                )  # fmt: skip
+            else:
+                _create(written, keys, shape, dtype, chunks, voxel_size, attrs if instances else progress_attrs)
         else:
-            done = found["done"]
-    run = Run(
-        job=job,
-        blocks=blocks,
-        done=done,
-        complete=complete,
-        output=out_path,
-        written=written,
-        keys=keys,
-        swap=swap,
-        output_type=output_type,
-        min_size=min_size,
-        watershed=watershed,
-    )
-    return run, model
+            found = _read_record(written, keys[0])
+            complete = found is not None and found["complete"]
+            done = found["done"] if found is not None else frozenset()
+        if complete:
+            done = frozenset(b.index for b in blocks)
+        elif instances:
+            found = _read_record(job.target, None)
+            if fresh or found is None or not _same_run(found["run"], record):
+                _remove(job.target)
+                _create(job.target, (None,), shape, np.uint8, chunks, voxel_size, progress_attrs)
+            else:
+                done = found["done"]
+        run = Run(
+            job=job,
+            blocks=blocks,
+            done=done,
+            complete=complete,
+            output=out_path,
+            written=written,
+            keys=keys,
+            swap=swap,
+            output_type=output_type,
+            min_size=min_size,
+            watershed=watershed,
+        )
+        yield run, model
 
 
 def _choose_target(
     output: Path, keys: Sequence[str | None], record: dict[str, Any], *, overwrite: bool, resume: bool
 ) -> tuple[Path, bool, bool]:
-    """(file to write, swap it in at the end, start it fresh) for the existing files and options."""
+    """(file to write, swap it in at the end, start it fresh) for the existing files and options.
+
+    ``resume`` continues a partial output only when its run record (model weights and every option
+    that changes the result) equals this run's; a partial of another run is refused, never mixed in.
+    """
     sibling = _partial_sibling(output)
     if resume and sibling.exists():
         found = _read_record(sibling, keys[0])
-        if found is not None and found["run"] == record:
+        if found is not None and _same_run(found["run"], record):
             if overwrite:
                 return sibling, True, False
             raise VolumeError(
                 f"{output}: an interrupted --overwrite run left {sibling.name} beside it; "
                 "rerun with --overwrite --resume to finish it"
             )
+        if found is not None:  # a partial holding blocks of another run: they must not be mixed in
+            raise _mixed_runs(sibling, found["run"], record)
     if not output.exists():
         return output, False, True
     if not (resume or overwrite):
@@ -579,19 +624,37 @@ def _choose_target(
         )
     if resume:
         found = _read_record(output, keys[0])
-        if found is not None and found["run"] == record:
+        if found is not None and _same_run(found["run"], record):
             if not (found["complete"] and overwrite):
                 return output, False, False
-        elif not overwrite:
-            problem = (
-                "is not a sam4em output"
-                if found is None
-                else f"was written with other options ({', '.join(_differences(found['run'], record))})"
-            )
+        elif found is None and not overwrite:
             raise VolumeError(
-                f"{output}: {problem}; rerun with the same options, or pass --overwrite without --resume"
+                f"{output}: is not a sam4em output, so there is nothing to resume; "
+                "pass --overwrite without --resume to replace it"
             )
+        elif found is not None and not (found["complete"] and overwrite):
+            raise _mixed_runs(output, found["run"], record)
     return sibling, True, True
+
+
+#: Run-record entries that do not change the result: the weights' digest stands for the model, so the
+#: same model may come back as a loaded object, a run folder path or a name.
+_PROVENANCE = frozenset({"model_source"})
+
+
+def _same_run(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return not set(mismatches(found, wanted)) - _PROVENANCE
+
+
+def _mixed_runs(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> VolumeError:
+    """The refusal to resume a partial output that another run (model or options) started."""
+    changed = ", ".join(
+        "model weights" if k == "model_weights" else k for k in mismatches(found, wanted) if k not in _PROVENANCE
+    )
+    return VolumeError(
+        f"{path}: was started by another run (different {changed}); resuming would mix the two runs' "
+        "blocks: rerun with the same model and options, or pass --overwrite without --resume to start over"
+    )
 
 
 def _write_instances(run: Run) -> None:
@@ -600,16 +663,21 @@ def _write_instances(run: Run) -> None:
         labels = store[:, :, :]
     instances = np.zeros(labels.shape, dtype=np.uint32)
     next_id = 0
+    ranges = []  # per class, its ids: so readers can tell the classes apart
     for value in range(1, len(run.job.class_indices) + 1):
         ids = probs_to_instances(labels == value, min_size=run.min_size, watershed=run.watershed)
         found = ids > 0
         instances[found] = ids[found] + np.uint32(next_id)
-        next_id += int(ids.max(initial=0))
-    del labels
-    with open_volume(run.written, run.keys[0], mode="r+") as out:
-        for block in run.blocks:
-            out[block.write] = instances[block.write]
-        out.attrs["sam4em_instances"] = next_id
+        ranges.append([next_id + 1, next_id + int(ids.max(initial=0))])
+        next_id = ranges[-1][1]
+    for value, key in enumerate(run.keys, start=1):
+        # OME-Zarr outputs hold each class's instances apart (labels/<class>); others all in one array.
+        ids = instances if len(run.keys) == 1 else np.where(labels == value, instances, 0)
+        with open_output(run.written, key, mode="r+") as out:
+            for block in run.blocks:
+                out[block.write] = ids[block.write]
+            out.attrs["sam4em_instances"] = next_id
+            out.attrs[INSTANCE_RANGES] = ranges
 
 
 def finish_run(run: Run) -> Path:
@@ -660,6 +728,7 @@ def segment_to_file(
     threshold: float = 0.5,
     min_size: int = 0,
     watershed: bool = False,
+    ome: bool = False,
     progress: ProgressCallback | None = None,
     stop: StopSignal | None = None,
 ) -> Path:
@@ -675,13 +744,17 @@ def segment_to_file(
         direction: ``"forward"``, ``"backward"`` or ``"both"`` (mean of the two passes).
         tile_shape, halo: in-plane (Y, X) tiling, see :func:`sam4em.inference.predictor.plan_tiling`.
         batch_size: windows of one slice per model call.
-        device: torch device to run on (default: where the model is).
+        device: torch device to run on (default: where the model is if that is a GPU, else CUDA
+            when available, else the CPU: :func:`sam4em.devices.device_for`; logged at INFO on the
+            ``sam4em.inference.streaming`` logger).
         overwrite: replace an existing output (atomically, when the new one is complete).
         resume: continue a partial output written with the same options.
         block_size: slices per z-block; memory grows with it (one block of output is held).
         overlap: warm-up slices per block side; default the model's memory capacity (0 without memory).
         threshold: probability above which a voxel is labelled.
         min_size, watershed: instance options, see :func:`probs_to_instances`.
+        ome: write OME-Zarr (NGFF 0.5) with the input, labels/<class> and pyramids
+            (:mod:`sam4em.io.ome_zarr_output`); implied by an ``.ome.zarr`` output.
         progress: called with (slices predicted, total) after each slice.
         stop: checked before each block; when set, :class:`Interrupted` is raised.
 
@@ -693,7 +766,7 @@ def segment_to_file(
         VolumeError: for unreadable input, refused outputs or outputs that already exist.
         ValueError: for invalid options.
     """
-    run, loaded = prepare_run(
+    with prepare_run(
         input_path,
         output_path,
         model,
@@ -714,16 +787,19 @@ def segment_to_file(
         threshold=threshold,
         min_size=min_size,
         watershed=watershed,
-    )
-    counter = SliceCounter(run, progress)
-    done = set(run.done)
-    if run.todo:
-        predictor = run.job.predictor(loaded)
-        with open_volume(run.job.input_path, run.job.input_key) as volume:
-            for block in run.todo:
-                if stop_requested(stop):
-                    raise Interrupted(run.output, len(done), len(run.blocks))
-                run.job.run(block, volume, predictor, counter.tick)
-                done.add(block.index)
-                mark_done(run, done)
-    return finish_run(run)
+        ome=ome,
+    ) as (run, loaded):
+        # Said once every check has passed, so a refused run says only why (the CLI shows INFO records).
+        _log.info("segmenting on %s", describe_device(next(loaded.parameters()).device))
+        counter = SliceCounter(run, progress)
+        done = set(run.done)
+        if run.todo:
+            predictor = run.job.predictor(loaded)
+            with open_volume(run.job.input_path, run.job.input_key) as volume:
+                for block in run.todo:
+                    if stop_requested(stop):
+                        raise Interrupted(run.output, len(done), len(run.blocks))
+                    run.job.run(block, volume, predictor, counter.tick)
+                    done.add(block.index)
+                    mark_done(run, done)
+        return finish_run(run)

@@ -8,16 +8,19 @@ Zarr (v2, v3, OME-Zarr), N5, MRC and neuroglancer precomputed volumes as lazily 
 
 from __future__ import annotations
 
-from sam4em.io.api import create_volume, open_volume
-from sam4em.io.base import Volume, VolumeError, VoxelSize, WritableVolume
-from sam4em.io.paths import parse_path_key
+from sam4em.io.api import create_volume, list_volumes, open_volume
+from sam4em.io.base import MissingChunksWarning, Volume, VolumeError, VoxelSize, WritableVolume
+from sam4em.io.paths import parse_path_key, resolve_path
 
 __all__ = [
+    "MissingChunksWarning",
     "Volume",
     "VolumeError",
     "VoxelSize",
     "WritableVolume",
     "create_volume",
+    "list_volumes",
     "open_volume",
     "parse_path_key",
+    "resolve_path",
 ]

@@ -25,7 +25,7 @@ _NAMES = {"tiff": "TIFF files", "images": "image slices", "mrc": "MRC files", "f
 _CHUNK_YX = 512
 
 
-def _open(fmt: str, path: Path, key: str | None, writable: bool) -> Volume:
+def _open(fmt: str, path: Path, key: str | None, writable: bool, allow_missing_chunks: bool) -> Volume:
     if fmt == "tiff":
         from sam4em.io.tiff import open_tiff
 
@@ -41,7 +41,7 @@ def _open(fmt: str, path: Path, key: str | None, writable: bool) -> Volume:
     if fmt == "zarr":
         from sam4em.io.zarr_store import open_zarr
 
-        return open_zarr(path, key, writable)
+        return open_zarr(path, key, writable, allow_missing_chunks=allow_missing_chunks)
     if fmt == "n5":
         from sam4em.io.n5 import open_n5
 
@@ -55,7 +55,9 @@ def _open(fmt: str, path: Path, key: str | None, writable: bool) -> Volume:
     return open_precomputed(path, key)
 
 
-def open_volume(path: str | os.PathLike[str], key: str | None = None, mode: str = "r") -> Volume:
+def open_volume(
+    path: str | os.PathLike[str], key: str | None = None, mode: str = "r", *, allow_missing_chunks: bool = True
+) -> Volume:
     """Open a volume lazily as a (Z, Y, X) array-like; only the voxels indexed are read.
 
     ``path`` is a file or folder (format by extension or contents), ``precomputed://folder``,
@@ -63,7 +65,10 @@ def open_volume(path: str | os.PathLike[str], key: str | None = None, mode: str 
     ``key`` names the dataset/array inside HDF5, Zarr and N5 containers (or a precomputed
     scale). ``mode="r"`` never opens the file for writing; ``mode="r+"`` allows writing in
     place for HDF5, Zarr, N5, MRC and uncompressed TIFF. RGB(A) images read as luminance,
-    with a warning. Raises VolumeError (one line: file, problem, fix) for any bad input.
+    with a warning. A read-only Zarr array with chunks missing from the store (read as the fill
+    value) warns with ``MissingChunksWarning`` on its first read, or raises VolumeError there when
+    ``allow_missing_chunks`` is False (open labels so: a lost chunk must not become background).
+    Raises VolumeError (one line: file, problem, fix) for any bad input.
     """
     if mode not in ("r", "r+"):
         raise VolumeError(f"{path}: unknown mode {mode!r} (use 'r' to read, 'r+' to read and write)")
@@ -77,7 +82,7 @@ def open_volume(path: str | os.PathLike[str], key: str | None = None, mode: str 
     if writable and fmt in ("images", "precomputed"):
         raise VolumeError(f"{target}: {fmt} volumes open read-only (use create_volume to write a copy)")
     try:
-        volume = _open(fmt, target, key or None, writable)
+        volume = _open(fmt, target, key or None, writable, allow_missing_chunks)
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
@@ -88,6 +93,32 @@ def open_volume(path: str | os.PathLike[str], key: str | None = None, mode: str 
             f"{target}: RGB(A) image; reading its luminance as gray values", UserWarning, stacklevel=2
         )
     return volume
+
+
+def list_volumes(path: str | os.PathLike[str]) -> list[str]:
+    """The keys of the 2D/3D volumes inside an HDF5, Zarr or N5 container, sorted; ``[]`` for other formats.
+
+    Each key opens with ``open_volume(path, key)``; OME-Zarr images are listed by their group.
+    """
+    fmt, target = detect_format(os.fspath(path))
+    try:
+        if fmt == "zarr":
+            from sam4em.io.zarr_store import list_zarr_images
+
+            return list_zarr_images(target)
+        if fmt == "hdf5":
+            from sam4em.io.hdf5 import list_hdf5_datasets
+
+            return list_hdf5_datasets(target)
+        if fmt == "n5":
+            from sam4em.io.n5 import list_n5_datasets
+
+            return list_n5_datasets(target)
+    except VolumeError:
+        raise
+    except Exception as exc:
+        raise corrupt_error(target, exc) from exc
+    return []
 
 
 def _positive_ints(values: Any, what: str, path: Path) -> tuple[int, int, int]:

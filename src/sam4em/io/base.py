@@ -32,6 +32,10 @@ class VolumeError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+class MissingChunksWarning(UserWarning):
+    """A chunked volume lacks stored chunks, which read as the fill value (often zeros)."""
+
+
 def corrupt_error(path: Path | str, exc: BaseException) -> VolumeError:
     """The error for a file a library could not decode, quoting the library's reason."""
     return VolumeError(f"{path}: cannot read file (corrupt or truncated: {type(exc).__name__}: {exc})")
@@ -176,7 +180,7 @@ class VolumeBase:
         self._check_open()
         try:
             block = self._read(sel.box)
-        except (VolumeError, MemoryError):
+        except (VolumeError, MemoryError, Warning):  # a warning filtered into an error stays itself
             raise
         except Exception as exc:
             # Decoders (zlib, blosc, libpng, HDF5, tensorstore) raise many unrelated types on bad bytes.

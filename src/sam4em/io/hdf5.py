@@ -14,13 +14,19 @@ from sam4em.io.metadata import to_python, voxel_size_from_attrs
 
 #: Dataset name used when ``create_volume`` gets no key (the CREMI/EM convention).
 DEFAULT_KEY = "raw"
-KEY_HINT = "pass --input-key / path.h5:KEY"
+KEY_HINT = "name one as path.h5:KEY"
 
 
 def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
     found: list[h5py.Dataset] = []
     group.visititems(lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
     return found
+
+
+def list_hdf5_datasets(path: Path) -> list[str]:
+    """Keys of the 2D and 3D datasets of an HDF5 file."""
+    with h5py.File(path, "r") as f:
+        return sorted(d.name.lstrip("/") for d in _datasets(f) if d.ndim in (2, 3))
 
 
 def _listing(datasets: list[h5py.Dataset]) -> str:

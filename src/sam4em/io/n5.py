@@ -19,7 +19,7 @@ from sam4em.io.base import VolumeError, VoxelSize
 from sam4em.io.metadata import JsonFileAttrs, read_json, voxel_size_from_attrs, write_json
 from sam4em.io.tensorstore_array import TensorStoreArray, open_store
 
-KEY_HINT = "pass --input-key / path.n5:KEY"
+KEY_HINT = "name one as path.n5:KEY"
 N5_VERSION = "4.0.0"
 #: Keys of attributes.json that are N5's own metadata, not user attributes.
 RESERVED = frozenset({"dimensions", "blockSize", "dataType", "compression", "n5"})
@@ -40,6 +40,11 @@ def _datasets(root: Path) -> list[str]:
             found.append(Path(folder).relative_to(root).as_posix())
             subfolders.clear()  # never walk a dataset's chunk folders: there can be millions
     return sorted(found)
+
+
+def list_n5_datasets(path: Path) -> list[str]:
+    """Keys of the datasets of an N5 container (``"."`` for a dataset at the root)."""
+    return _datasets(path)
 
 
 def _voxel_size(root: Path, dataset: Path) -> VoxelSize | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -77,6 +78,26 @@ def slice_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be found: a link that loops or dangles, or no such file."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except FileNotFoundError:
+            return f"{path}: is a symbolic link to a missing file ({os.readlink(path)}; fix the link or the path)"
+        except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) since
+            return f"{path}: is a symbolic link that loops back on itself (point the link at the real file)"
+    return f"{path}: no such file or directory (check the path)"
+
+
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """The absolute path with symbolic links resolved; a link loop is a VolumeError, not a RuntimeError."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        raise VolumeError(_missing_reason(Path(path))) from None
+
+
 def detect_format(path: str) -> tuple[str, Path]:
     """The format of an existing path: 'tiff', 'images', 'hdf5', 'zarr', 'n5', 'mrc' or 'precomputed'.
 
@@ -85,11 +106,11 @@ def detect_format(path: str) -> tuple[str, Path]:
     if path.startswith(PRECOMPUTED_SCHEME):
         target = Path(path[len(PRECOMPUTED_SCHEME) :])
         if not target.exists():
-            raise VolumeError(f"{target}: no such file or directory (check the path)")
+            raise VolumeError(_missing_reason(target))
         return "precomputed", target
     target = Path(path)
     if not target.exists():
-        raise VolumeError(f"{path}: no such file or directory (check the path)")
+        raise VolumeError(_missing_reason(target))
     suffix = target.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix], target

@@ -28,11 +28,16 @@ _IMAGEJ_MAX_BYTES = 2**32 - 2**25  # ImageJ files cannot be BigTIFF; larger volu
 
 
 def _stack_axes(axes: str, shape: tuple[int, ...], path: Path) -> tuple[str, tuple[int, ...]]:
-    """Drop singleton axes other than Y and X; at most one stack axis may remain."""
-    kept = [(a, n) for a, n in zip(axes, shape, strict=True) if n != 1 or a in "YX"]
+    """Drop singleton axes other than Y and X; at most one stack axis may remain.
+
+    tifffile names the axes of a 1 x 1 x 1 image 'XYX': of a letter given twice, a singleton
+    is dropped unless it is the last Y or X.
+    """
+    last = {a: i for i, a in enumerate(axes) if a in "YX"}
+    kept = [(a, n) for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if n != 1 or last.get(a) == i]
     squeezed = "".join(a for a, _ in kept)
     stack = [a for a in squeezed if a not in "YXS"]
-    if len(stack) > 1 or "Y" not in squeezed or "X" not in squeezed:
+    if len(stack) > 1 or len(set(squeezed)) < len(squeezed) or "Y" not in squeezed or "X" not in squeezed:
         raise VolumeError(
             f"{path}: holds a {len(squeezed)}D image with axes {squeezed} and shape {tuple(n for _, n in kept)}; "
             "expected one stack axis (Z, Y, X) (split channels or time points into separate files first)"

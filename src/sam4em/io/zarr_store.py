@@ -7,6 +7,7 @@ OME-Zarr 0.5 image (zarr v3) whose scale-0 array is ``<key>/0``, axes z, y, x in
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ import numpy as np
 import zarr
 
 from sam4em.io.array import ArrayVolume
-from sam4em.io.base import VolumeError, VoxelSize
+from sam4em.io.base import MissingChunksWarning, VolumeError, VoxelSize
 from sam4em.io.metadata import nm_per_unit, voxel_size_from_attrs
 
-KEY_HINT = "pass --input-key / path.zarr:KEY"
+KEY_HINT = "name one as path.zarr:KEY"
 _OME_KEYS = frozenset({"ome", "multiscales"})
 
 
@@ -66,6 +67,18 @@ def _ome_voxel_size(multiscale: dict[str, Any], dataset: dict[str, Any]) -> Voxe
     return sizes["z"], sizes["y"], sizes["x"]
 
 
+def _level_voxel_size(root: zarr.Group | zarr.Array, key: str | None) -> VoxelSize | None:
+    """Voxel size of an array that is one level of an OME-Zarr image (``image/0``, ``labels/mito/1``):
+    from the multiscales metadata of its parent group, where that lists the array."""
+    parent, _, name = (key or "").rpartition("/")
+    group = root[parent] if parent else root
+    multiscale = _multiscale(group) if isinstance(group, zarr.Group) else None
+    for dataset in multiscale["datasets"] if multiscale else []:
+        if str(dataset.get("path")).strip("/") == name:
+            return _ome_voxel_size(multiscale, dataset)
+    return None
+
+
 def _images(group: zarr.Group, prefix: str = "") -> list[str]:
     """Names of the readable images below ``group``: OME-Zarr image groups and 2D/3D arrays."""
     found: list[str] = []
@@ -76,6 +89,12 @@ def _images(group: zarr.Group, prefix: str = "") -> list[str]:
         elif node.ndim in (2, 3):
             found.append(full)
     return found
+
+
+def list_zarr_images(path: Path) -> list[str]:
+    """Keys of the images in a zarr store (``[]`` for a store that is a single array)."""
+    root = zarr.open(store=str(path), mode="r")
+    return _images(root) if isinstance(root, zarr.Group) else []
 
 
 def _listing(names: list[str]) -> str:
@@ -104,7 +123,46 @@ def _resolve(root: zarr.Group | zarr.Array, path: Path, key: str | None) -> tupl
     return root[images[0]], images[0]
 
 
-def open_zarr(path: Path, key: str | None, writable: bool) -> ArrayVolume:
+class ZarrVolume(ArrayVolume):
+    """A zarr array that checks, on its first read, that no chunk is missing from the store.
+
+    zarr reads a chunk that is not stored as the fill value: an interrupted copy or sync then
+    looks like background. A read-only volume with missing chunks warns
+    (:class:`MissingChunksWarning`), or refuses to be read when ``allow_missing_chunks`` is False
+    (ground-truth labels: a missing chunk would count as a region without objects).
+    """
+
+    def __init__(self, *args: Any, allow_missing_chunks: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allow_missing_chunks = allow_missing_chunks
+        self._chunks_checked = self.writable  # outputs being written are incomplete by design
+
+    def _read(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        if not self._chunks_checked:
+            self._check_chunks()
+            self._chunks_checked = True
+        return super()._read(box)
+
+    def _check_chunks(self) -> None:
+        array = self._array
+        stored, total = array.nchunks_initialized, array.nchunks  # type: ignore[attr-defined]
+        if stored >= total:
+            return
+        where = f"{self.path}:{self.key}" if self.key else str(self.path)
+        problem = (
+            f"{where}: {total - stored} of {total} chunks are missing and read as the fill value "
+            f"{np.asarray(array.fill_value).item()!r}"  # type: ignore[attr-defined]
+        )
+        if not self._allow_missing_chunks:
+            raise VolumeError(
+                f"{problem}; as labels this would score or train them as background (copy the store again; "
+                "if it was written without empty chunks on purpose, allow it: `evaluate "
+                "--allow-missing-chunks`, or `allow_missing_chunks: true` on the volume in a training config)"
+            )
+        warnings.warn(f"{problem} (an incomplete copy?)", MissingChunksWarning, stacklevel=4)
+
+
+def open_zarr(path: Path, key: str | None, writable: bool, *, allow_missing_chunks: bool = True) -> ArrayVolume:
     """Open a zarr array, or an OME-Zarr image at scale 0, as a (Z, Y, X) volume."""
     root = zarr.open(store=str(path), mode="r+" if writable else "r")
     node, key = _resolve(root, path, key)
@@ -120,14 +178,15 @@ def open_zarr(path: Path, key: str | None, writable: bool) -> ArrayVolume:
         node = node[str(dataset["path"])]
         voxel_size = _ome_voxel_size(multiscale, dataset)
     else:
-        voxel_size = voxel_size_from_attrs(node.attrs.asdict())
+        voxel_size = voxel_size_from_attrs(node.attrs.asdict()) or _level_voxel_size(root, key)
     if not isinstance(node, zarr.Array):
         raise VolumeError(f"{path}: OME-Zarr scale 0 is not an array; the metadata is inconsistent")
-    return ArrayVolume(
+    return ZarrVolume(
         node,
         path,
         key,
         voxel_size,
+        allow_missing_chunks=allow_missing_chunks,
         writable=writable,
         attrs_view=(lambda: holder.attrs)
         if writable
@@ -181,6 +240,9 @@ def create_zarr(
         image = root.require_group(name)
     zarr_format = root.metadata.zarr_format
     extra: dict[str, Any] = {"dimension_names": ("z", "y", "x")} if zarr_format == 3 else {}
-    array = image.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **extra)
+    # Every chunk is stored, even all-zero ones, so that a missing chunk always means lost data.
+    array = image.create_array(
+        "0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, config={"write_empty_chunks": True}, **extra
+    )
     image.update_attributes({**_ome_attrs(zarr_format, key or path.stem, voxel_size), **attrs})
     return ArrayVolume(array, path, key, voxel_size, writable=True, attrs_view=lambda: image.attrs)

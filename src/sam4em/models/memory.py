@@ -51,9 +51,13 @@ class MemoryBank:
 class SliceMemory(nn.Module):
     """Conditions a slice's coarse features on the memory bank and encodes new entries.
 
-    `memory_encoder` and `memory_attention` are transformers' SAM2 modules; `temporal_encoding` is
-    SAM2's (R, 1, 1, M) table of temporal position embeddings, indexed as in SAM2: an entry d slices
-    away uses row R - 1 - d. `no_memory_embedding` (1, 1, D) marks a slice that has no memory yet.
+    `memory_encoder` and `memory_attention` are transformers' SAM2 modules. `temporal_encoding` is
+    SAM2's (R, 1, 1, M) table of temporal position embeddings, indexed as in Meta's SAM2: an entry d
+    slices away uses row d - 1 (Meta's ``maskmem_tpos_enc[num_maskmem - t_pos - 1]`` with
+    ``t_pos = num_maskmem - d``; transformers' ``[offset - 1]``). Row R - 1 belongs to SAM2's prompted
+    (conditioning) frames, which SAM4EM does not have, so at most R - 1 entries are kept.
+    `no_memory_embedding` (1, 1, D) marks a slice that has no memory yet; `no_object_embedding` (1, M)
+    (Meta's ``no_obj_embed_spatial``) is added to the memory of a slice whose object score is <= 0.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class SliceMemory(nn.Module):
         memory_attention: nn.Module,
         temporal_encoding: nn.Parameter,
         no_memory_embedding: nn.Parameter,
+        no_object_embedding: nn.Parameter,
         capacity: int,
         sigmoid_scale: float = 20.0,
         sigmoid_bias: float = -10.0,
@@ -77,6 +82,7 @@ class SliceMemory(nn.Module):
         self.memory_attention = memory_attention
         self.temporal_encoding = temporal_encoding
         self.no_memory_embedding = no_memory_embedding
+        self.no_object_embedding = no_object_embedding
         self.capacity = capacity
         self.sigmoid_scale = sigmoid_scale
         self.sigmoid_bias = sigmoid_bias
@@ -89,11 +95,10 @@ class SliceMemory(nn.Module):
         if len(bank) == 0:
             return features + self.no_memory_embedding.view(1, -1, 1, 1)
         n, d, h, w = features.shape
-        rows = self.temporal_encoding.shape[0]
         memories, positions = [], []
         for distance, entry in enumerate(reversed(bank.entries), start=1):
             memories.append(entry.features.flatten(2).permute(2, 0, 1))
-            temporal = self.temporal_encoding[rows - 1 - distance].reshape(1, 1, -1)
+            temporal = self.temporal_encoding[distance - 1].reshape(1, 1, -1)
             positions.append(entry.position.flatten(2).permute(2, 0, 1) + temporal)
         out = self.memory_attention(
             current_vision_features=features.flatten(2).permute(2, 0, 1),
@@ -104,8 +109,15 @@ class SliceMemory(nn.Module):
         # transformers returns (1, N, h*w, D) here (sequence-first with a singleton axis).
         return out.reshape(n, h * w, d).transpose(1, 2).reshape(n, d, h, w)
 
-    def encode(self, features: torch.Tensor, mask_logits: torch.Tensor) -> MemoryEntry:
-        """features (N, D, h, w) and mask logits (N, 1, H, W) at input resolution -> a memory entry."""
+    def encode(self, features: torch.Tensor, mask_logits: torch.Tensor, object_scores: torch.Tensor) -> MemoryEntry:
+        """features (N, D, h, w), mask logits (N, 1, H, W) at input resolution and object-score logits
+        (N, 1) -> a memory entry.
+
+        As in Meta's ``SAM2Base._encode_new_memory``: where the score is <= 0 the object (here: the
+        class) is absent from the slice, and its entry carries `no_object_embedding`.
+        """
         mask = torch.sigmoid(mask_logits) * self.sigmoid_scale + self.sigmoid_bias
         encoded, position = self.memory_encoder(features, mask)
+        absent = 1.0 - (object_scores > 0).to(encoded.dtype)
+        encoded = encoded + absent.view(-1, 1, 1, 1) * self.no_object_embedding.view(1, -1, 1, 1)
         return MemoryEntry(features=encoded, position=position.expand_as(encoded))

@@ -6,6 +6,8 @@ Names:
   format, or Meta's original ``sam2.1_hiera_*.pt`` file. Fine-tuned with LoRA (encoder frozen).
 - ``cpu-small``: a reduced Hiera sized for training from scratch on a CPU. Fully trained.
 - ``test-tiny``: under 1 M parameters, for unit tests. Fully trained.
+- a ``sam4em pretrain`` run folder: its base's architecture with the EM-pretrained image encoder,
+  fine-tuned with LoRA as Meta's weights are (see `sam4em.models.encoder_weights`).
 
 Random weights are seeded from the model name, so one name means one model in every process.
 """
@@ -24,8 +26,10 @@ import torch
 from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
+from sam4em.models.checkpoint_files import CheckpointError, read_torch_weights
 from sam4em.models.checkpoint_keys import meta_to_transformers
 from sam4em.models.detail_head import DetailHead
+from sam4em.models.encoder_weights import ENCODER_FILE, is_encoder_folder, read_pretrain_record
 from sam4em.models.enhancer import FeatureEnhancer
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora, is_lora_parameter
 from sam4em.models.memory import SliceMemory
@@ -33,10 +37,6 @@ from sam4em.models.prompt_generator import PromptGenerator, StaticPrompts
 from sam4em.models.sam4em import SAM4EM
 
 FineTune = Literal["lora", "full"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint whose tensors do not match the architecture."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,9 @@ class BuildOptions:
     prompt_generator: bool = True
     two_stage: bool = True
     memory: bool = True
+    # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
+    # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
+    multimask_fallback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,12 +178,21 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())} or give a path") from None
 
 
+def base_spec(base: str) -> ModelSpec:
+    """The architecture of a base: a registry name or a `sam4em pretrain` run folder."""
+    if is_encoder_folder(base):
+        return get_spec(read_pretrain_record(base)["base"])
+    return get_spec(base)
+
+
 def seed_for(name: str) -> int:
     """A stable seed from a model name (Python's hash() is salted per process; crc32 is not)."""
     return zlib.crc32(name.encode())
 
 
-def sam2_config(spec: ModelSpec, *, image_size: int, memory_capacity: int) -> Sam2VideoConfig:
+def sam2_config(
+    spec: ModelSpec, *, image_size: int, memory_capacity: int, multimask_fallback: bool = False
+) -> Sam2VideoConfig:
     """The transformers config of `spec`'s SAM2 at `image_size` (square, divisible by 32)."""
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (Hiera's coarsest stride), got {image_size}")
@@ -192,8 +204,9 @@ def sam2_config(spec: ModelSpec, *, image_size: int, memory_capacity: int) -> Sa
         "backbone_feature_sizes": [[s, s] for s in sizes],
         **spec.vision,
     }
-    # Stability-based mask selection differs between train and eval mode; SAM4EM always uses token 0.
-    decoder = {"dynamic_multimask_via_stability": False, **spec.decoder}
+    # Stability-based mask selection (Meta's predictors: delta 0.05, threshold 0.98, transformers'
+    # defaults) acts in eval mode only; without `multimask_fallback` SAM4EM always uses token 0.
+    decoder = {"dynamic_multimask_via_stability": multimask_fallback, **spec.decoder}
     num_maskmem = 7 if spec.has_pretrained_weights else memory_capacity + 1
     return Sam2VideoConfig(
         image_size=image_size,
@@ -222,7 +235,7 @@ def build_model(
     if unknown:
         raise TypeError(f"unknown build option(s): {', '.join(sorted(unknown))}")
     path = Path(name_or_path)
-    if path.is_dir() and (path / "config.yaml").exists():
+    if path.is_dir() and (path / "config.yaml").exists() and not is_encoder_folder(path):
         from sam4em.models.serialization import load_model
 
         return load_model(path)
@@ -230,6 +243,10 @@ def build_model(
     if str(name_or_path) in MODELS:
         spec = get_spec(str(name_or_path))
         source: str | Path | None = spec.hub_id if pretrained else None
+    elif is_encoder_folder(path):
+        # A `sam4em pretrain` run: its encoder is what the folder is for, so it is always loaded.
+        spec = base_spec(str(path))
+        source = path.resolve()
     elif path.exists():
         spec = get_spec(overrides.get("base") or _base_from_path(path))
         source = path if pretrained else None
@@ -258,14 +275,20 @@ def _base_from_path(path: Path) -> str:
 def compose(spec: ModelSpec, options: BuildOptions, *, weights_source: str | Path | None = None) -> SAM4EM:
     """Make the SAM2 parts of `spec`, load pretrained weights from `weights_source`, compose a SAM4EM."""
     image_size = options.image_size or spec.image_size
-    finetune = options.finetune or spec.finetune
-    config = sam2_config(spec, image_size=image_size, memory_capacity=options.memory_capacity)
+    # Pretrained weights (Meta's or an EM-pretrained encoder) are fine-tuned with LoRA unless told otherwise.
+    finetune = options.finetune or ("lora" if weights_source is not None else spec.finetune)
+    config = sam2_config(
+        spec, image_size=image_size, memory_capacity=options.memory_capacity,
+        multimask_fallback=options.multimask_fallback,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(spec.name))
         sam2 = Sam2VideoModel(config)
         if weights_source is None:
             # SAM2 initialises this table with a truncated normal; transformers' init leaves zeros,
-            # which would make every memory distance look alike until trained.
+            # which would make every memory distance look alike until trained. The object-absent
+            # embedding stays zero: it changes nothing until trained (the random object-score head
+            # of an untrained model would otherwise mark classes absent at random).
             nn.init.trunc_normal_(sam2.memory_temporal_positional_encoding, std=0.02)
         else:
             load_sam2_weights(sam2, weights_source)
@@ -294,6 +317,7 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, options: BuildOptions, *, i
             memory_attention=sam2.memory_attention,
             temporal_encoding=sam2.memory_temporal_positional_encoding,
             no_memory_embedding=sam2.no_memory_embedding,
+            no_object_embedding=sam2.occlusion_spatial_embedding_parameter,
             capacity=options.memory_capacity,
             sigmoid_scale=sam2.config.sigmoid_scale_for_mem_enc,
             sigmoid_bias=sam2.config.sigmoid_bias_for_mem_enc,
@@ -331,8 +355,10 @@ def is_adapter_parameter(name: str) -> bool:
     return name.startswith(("stage1_decoder.", "stage2_decoder.")) and ".transformer." not in name
 
 
-# SAM2 parts that prompt-free decoding never uses (point prompts, the IoU and object-score heads, the
-# multimask hypernetworks): frozen in every mode so that optimisers do not carry dead weights.
+# SAM2 parts that prompt-free training never trains, frozen in every mode so that optimisers do not
+# carry dead weights: point prompts; the IoU head and multimask hypernetworks (read only in eval mode,
+# by the optional multimask fallback); the object-score head (only its sign is read, to mark classes
+# absent in memory, and a sign has no gradient).
 _UNUSED = re.compile(
     r"^prompt_encoder\.(point_embed|not_a_point_embed|shared_embedding)\."
     r"|^stage[12]_decoder\.(iou_prediction_head|pred_obj_score_head|output_hypernetworks_mlps\.[1-9])\."
@@ -358,11 +384,17 @@ def set_trainable(model: SAM4EM, *, finetune: FineTune, memory: bool) -> None:
 def load_sam2_weights(sam2: Sam2VideoModel, source: str | Path) -> None:
     """Load pretrained SAM2 weights strictly into `sam2` (built at any image size).
 
-    `source`: a Meta ``.pt`` file, a Hugging Face style folder, or a hub id (local cache first).
+    `source`: a Meta ``.pt`` file, a Hugging Face style folder, a hub id (local cache first), or a
+    `sam4em pretrain` run folder (its image encoder only; the other parts keep their initialisation).
     """
     path = Path(source)
-    if path.suffix == ".pt" and path.is_file():
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+    if is_encoder_folder(path):
+        from safetensors.torch import load_file
+
+        load_state_strict(sam2.vision_encoder, load_file(path / ENCODER_FILE), source=str(path / ENCODER_FILE))
+        return
+    if path.is_file():  # a file is never a hub id: Meta's .pt, or refused in one line
+        raw = read_torch_weights(path)
         state = meta_to_transformers(raw.get("model", raw))
     else:
         state = _hub_state_dict(str(source))

@@ -19,8 +19,8 @@ from torch import nn
 from sam4em.models.memory import MemoryBank, SliceMemory
 
 # SAM2 normalises RGB inputs with ImageNet statistics; a gray EM slice is repeated over 3 channels.
-_PIXEL_MEAN = (0.485, 0.456, 0.406)
-_PIXEL_STD = (0.229, 0.224, 0.225)
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,15 @@ class SliceOutput:
     """Logits (B, C, H, W) of both stages; `stage2` is None for single-stage ablations.
 
     `low_res_stage1` (B * C, 1, H/4, W/4) is what stage 2 consumes as its mask prompt.
+    `object_score` (B * C, 1) holds the final stage's object-score logits (SAM2's decoder head; > 0:
+    the class is present in the slice), which decide what the memory remembers; None for models
+    without SAM2's decoder.
     """
 
     stage1: torch.Tensor
     stage2: torch.Tensor | None
     low_res_stage1: torch.Tensor
+    object_score: torch.Tensor | None = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -95,8 +99,8 @@ class SAM4EM(nn.Module):
         self.detail_head = detail_head
         self.num_classes = num_classes
         self.image_size = image_size
-        self.register_buffer("pixel_mean", torch.tensor(_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     # -- encoder -------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> ImageFeatures:
@@ -129,14 +133,14 @@ class SAM4EM(nn.Module):
         sparse, dense = self.prompt_generator(coarse, position)
         dense = dense + self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         decoder_position = self._decoder_position(coarse)
-        low1 = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense, decoder_position)
+        low1, score = self._run_decoder(self.stage1_decoder, features, coarse, sparse, dense, decoder_position)
         low2 = None
         if self.stage2_decoder is not None:
-            low2 = self.refine(features, coarse, sparse, low1, decoder_position=decoder_position)
+            low2, score = self.refine(features, coarse, sparse, low1, decoder_position=decoder_position)
         # The detail head refines the final stage only: stage 2 is the refinement step.
         stage1 = self._to_image(low1, features.detail if low2 is None else None)
         stage2 = self._to_image(low2, features.detail) if low2 is not None else None
-        return SliceOutput(stage1=stage1, stage2=stage2, low_res_stage1=low1)
+        return SliceOutput(stage1=stage1, stage2=stage2, low_res_stage1=low1, object_score=score)
 
     def refine(
         self,
@@ -146,8 +150,9 @@ class SAM4EM(nn.Module):
         stage1_low_res: torch.Tensor,
         *,
         decoder_position: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Stage 2: the stage-1 logits (N, 1, H/4, W/4) become SAM's dense mask prompt -> logits (N, 1, H/4, W/4)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2: the stage-1 logits (N, 1, H/4, W/4) become SAM's dense mask prompt -> logits
+        (N, 1, H/4, W/4) and object-score logits (N, 1)."""
         if self.stage2_decoder is None:
             raise RuntimeError("this model has no second stage")
         dense = self.prompt_encoder.mask_embed(stage1_low_res)
@@ -163,14 +168,18 @@ class SAM4EM(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         decoder_position: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM2's single-mask decoding -> logits (N, 1, H/4, W/4) and object-score logits (N, 1).
+
+        With the model's `multimask_fallback`, the decoder (in eval mode) swaps an unstable token-0
+        mask for its most confident multimask output, as Meta's predictors do."""
         c = self.num_classes
         n = coarse.shape[0]
         high_res = [
             decoder.conv_s0(features.fine).repeat_interleave(c, dim=0),
             decoder.conv_s1(features.mid).repeat_interleave(c, dim=0),
         ]
-        masks, _, _, _ = decoder(
+        masks, _, _, object_scores = decoder(
             image_embeddings=coarse,
             image_positional_embeddings=decoder_position.expand(n, -1, -1, -1),
             sparse_prompt_embeddings=sparse,
@@ -178,7 +187,7 @@ class SAM4EM(nn.Module):
             multimask_output=False,
             high_resolution_features=high_res,
         )
-        return masks[:, 0]  # (N, 1, H/4, W/4)
+        return masks[:, 0], object_scores.reshape(n, 1)  # (N, 1, H/4, W/4), (N, 1)
 
     def _decoder_position(self, coarse: torch.Tensor) -> torch.Tensor:
         h, w = coarse.shape[-2:]
@@ -201,12 +210,12 @@ class SAM4EM(nn.Module):
         return self.memory.new_bank() if self.memory is not None else None
 
     def remember(self, features: ImageFeatures, output: SliceOutput, bank: MemoryBank | None) -> None:
-        """Encode this slice's features and final prediction into `bank`."""
+        """Encode this slice's features, final prediction and object scores into `bank`."""
         if self.memory is None or bank is None:
             return
         coarse = features.coarse.repeat_interleave(self.num_classes, dim=0)
         logits = output.logits.reshape(-1, 1, self.image_size, self.image_size)
-        bank.push(self.memory.encode(coarse, logits))
+        bank.push(self.memory.encode(coarse, logits, output.object_score))
 
     # -- whole passes --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, bank: MemoryBank | None = None) -> SliceOutput:

@@ -2,7 +2,8 @@
 
 When the base is a pretrained public SAM2, only what fine-tuning changed is saved (LoRA, adapters,
 decoders, prompt encoder, memory): the frozen image encoder comes back from the public weights.
-Otherwise (a from-scratch base) every weight is saved.
+Otherwise (a from-scratch base) every weight is saved. ``config.yaml`` records the model format
+(`sam4em.models.model_format`); runs saved in an older format are converted on loading, with a warning.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from sam4em.models.checkpoint_files import read_safetensors
 from sam4em.models.lora import is_lora_parameter
+from sam4em.models.model_format import FORMAT_VERSION, format_version, upgrade_state
+from sam4em.models.record_checks import check_model_record
 from sam4em.models.registry import (
     BuildOptions,
     CheckpointError,
@@ -47,7 +51,7 @@ def model_record(model: nn.Module) -> dict[str, Any]:
         "pretrained_base": bool(model.pretrained_base),
         # A hub id, a folder or a Meta .pt file: where the frozen weights come back from on loading.
         "base_weights": model.weights_source,
-        "weights": "adapters" if model.pretrained_base else "full",
+        "weights": "adapters" if _frozen_encoder(model) else "full",
         "build": model.build_options.to_dict(),
         "class_names": class_names,
     }
@@ -56,9 +60,14 @@ def model_record(model: nn.Module) -> dict[str, Any]:
 def saved_state(model: SAM4EM) -> dict:
     """The tensors to save: all of them, or all but the frozen pretrained image encoder."""
     state = model.state_dict()
-    if getattr(model, "pretrained_base", False):
+    if _frozen_encoder(model):
         state = {k: v for k, v in state.items() if not k.startswith("image_encoder.") or is_lora_parameter(k)}
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _frozen_encoder(model: SAM4EM) -> bool:
+    """Whether the image encoder is pretrained and frozen (LoRA): then it comes back from its source."""
+    return bool(getattr(model, "pretrained_base", False)) and model.build_options.finetune == "lora"
 
 
 def save_model(model: SAM4EM, directory: str | Path, *, extra_sections: dict[str, Any] | None = None) -> Path:
@@ -68,7 +77,7 @@ def save_model(model: SAM4EM, directory: str | Path, *, extra_sections: dict[str
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    document = {"model": model_record(model), **(extra_sections or {})}
+    document = {"model": {"format": FORMAT_VERSION, **model_record(model)}, **(extra_sections or {})}
     _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(saved_state(model), tmp))
     _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(document, sort_keys=False)))
     return directory
@@ -97,9 +106,11 @@ def read_model_record(directory: str | Path) -> dict[str, Any]:
             f"{path}: not a valid sam4em model config ({str(error).splitlines()[0]}); "
             "restore it from the run folder or retrain"
         ) from None
-    if not isinstance(data, dict) or "model" not in data or "base" not in data["model"]:
-        raise CheckpointError(f"{path}: no 'model.base' entry; is this a sam4em run folder?")
-    return data["model"]
+    record = data.get("model") if isinstance(data, dict) else None
+    if isinstance(record, dict):
+        format_version(record, source=str(path))  # a newer format is refused as such, before its keys are judged
+    # Refuses missing entries, unknown build keys and impossible values in one line naming the file.
+    return check_model_record(record, path)
 
 
 def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4EM:
@@ -110,6 +121,7 @@ def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4E
         model = build_model(str(run_dir_or_id), pretrained=False)
         return model.to(device) if device else model
     record = read_model_record(path)
+    version = format_version(record, source=str(path / CONFIG_FILE))
     if record["base"] in _BASELINES:
         from sam4em.models import unet  # MONAI is slow to import; only baselines need it
 
@@ -120,7 +132,7 @@ def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4E
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no such file; the run may not have finished (see its checkpoints/)")
-    state = load_file(weights)
+    state = upgrade_state(read_safetensors(weights), model, version=version, source=str(path))
     load_state_strict(model, state, source=str(weights), subset=record["weights"] == "adapters")
     if record["weights"] == "adapters":
         missing = set(saved_state(model)) - set(state)

@@ -37,6 +37,11 @@ class VolumeConfig:
     val_position: Literal["start", "end"] = "end"
     # Only these slices are used at all (start, stop); None: the whole volume.
     z_range: list[int] | None = None
+    # Sparse annotation: only these slices give loss, as z indices of the volume, or N for N evenly
+    # spaced slices of the training part; None: every slice is annotated.
+    labelled_slices: list[int] | int | None = None
+    # Zarr labels whose chunks are partly missing read as background there; refused unless allowed.
+    allow_missing_chunks: bool = False
 
 
 @dataclass
@@ -49,6 +54,8 @@ class ModelConfig:
     decoder_lora: bool = True
     memory_capacity: int = 6
     finetune: Literal["lora", "full"] | None = None
+    # Meta's stability-based multimask fallback at inference (sam4em.models.registry.BuildOptions).
+    multimask_fallback: bool = False
 
 
 @dataclass
@@ -60,7 +67,8 @@ class StageConfig:
     clip_length: int = 8  # slices per clip (stage 2 only)
     # Stage 2 trains the memory; the adapter continues at lr * adapter_lr_scale (0 freezes it).
     adapter_lr_scale: float = 0.1
-    # A wall-clock budget for the stage (benchmarks give every method the same); None: steps only.
+    # A wall-clock budget for the stage (benchmarks give every method the same); None: steps only. The
+    # learning rate's cosine follows whichever of steps and max_seconds ends first (training/schedule.py).
     max_seconds: float | None = None
 
 
@@ -96,7 +104,8 @@ class TrainConfig:
     val_samples: int = 16
     early_stopping_patience: int | None = None  # in validations without improvement
     checkpoint_every: int = 25
-    num_workers: int = 0
+    # Data-loader processes; None: chosen by the device (sam4em.training.feed.default_workers).
+    num_workers: int | None = None
     device: str | None = None
     bf16: bool = True  # autocast on devices that support it (CUDA); ignored on CPU
     tensorboard: bool = True
@@ -151,7 +160,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
+        # A union (`list[int] | int`): the first alternative the value's type fits.
+        fitting = [a for a in inner if isinstance(get_origin(a) or a, type) and isinstance(value, get_origin(a) or a)]
+        return _convert((fitting or inner)[0], value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (hint in (int, float, str, bool) and not isinstance(value, hint)) or (hint is int and isinstance(value, bool)):
@@ -183,8 +194,8 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, *, preset: str | None = None) -> TrainConfig:
-    """Read a YAML training config (safe loader: no code runs), then apply the resource `preset`
-    (``auto``: by the device; None: none) and then the ``--set`` overrides."""
+    """Read a YAML training config (safe loader: no code runs), apply the ``--set`` overrides, then
+    let the resource `preset` (``auto``: by the device; None: none) fill what is still unset."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file (see configs/ for examples)")
@@ -192,12 +203,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, preset:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if preset is not None:
-        from sam4em.training.presets import preset_overrides
-
-        clip = (data.get("stage2") or {}).get("clip_length") if isinstance(data, dict) else None
-        overrides = [*preset_overrides(preset, clip), *(overrides or [])]
     try:
+        if preset is not None and isinstance(data, dict):
+            from sam4em.training.presets import fill_unset
+
+            data, overrides = fill_unset(apply_overrides(dict(data), overrides or []), preset), []
         return config_from_dict(data, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
@@ -210,8 +220,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def validate(config: TrainConfig) -> None:
     if not config.volumes:
         raise ConfigError("volumes: at least one training volume is needed")
-    if not config.stages or any(s not in (1, 2) for s in config.stages):
-        raise ConfigError(f"stages: expected a list of 1 and/or 2, got {config.stages}")
+    if config.stages not in ([1], [2], [1, 2]):
+        raise ConfigError(f"stages: expected [1], [2] or [1, 2], got {config.stages}")
     if config.method in ("unet2d", "unet3d", "samed", "two-stage-no-memory") and 2 in config.stages:
         # Methods without memory have nothing to learn in the 3D stage.
         config.stages = [s for s in config.stages if s == 1] or [1]
@@ -219,7 +229,18 @@ def validate(config: TrainConfig) -> None:
         stage: StageConfig = getattr(config, name)
         if stage.steps < 0 or stage.batch_size < 1 or stage.lr <= 0:
             raise ConfigError(f"{name}: steps >= 0, batch_size >= 1 and lr > 0 are required")
+    for stage_number in config.stages:
+        if getattr(config, f"stage{stage_number}").steps == 0:
+            raise ConfigError(
+                f"stage{stage_number}.steps: a stage that runs needs at least 1 step; set stage{stage_number}.steps "
+                f"or leave {stage_number} out of `stages`"
+            )
+    for name in ("val_every", "val_samples", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {getattr(config, name)}")
     if config.stage2.clip_length < 2:
         raise ConfigError("stage2.clip_length: a clip needs at least 2 slices for the memory to matter")
+    if config.num_workers is not None and config.num_workers < 0:
+        raise ConfigError(f"num_workers: must be >= 0 (or unset: chosen by the device), got {config.num_workers}")
     if config.grad_accumulation < 1:
         raise ConfigError("grad_accumulation must be >= 1")

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from sam4em.models import build_model
-from sam4em.models.registry import get_spec
+from sam4em.models.registry import base_spec
 from sam4em.models.unet import UNet2D, UNet3D
 from sam4em.training.config import TrainConfig
 
@@ -29,7 +29,7 @@ SAM_METHODS: dict[str, dict[str, Any]] = {
 def build_method(config: TrainConfig, num_classes: int) -> nn.Module:
     """The untrained model of `config.method` for `num_classes` classes."""
     m = config.model
-    image_size = m.image_size or get_spec(m.base).image_size
+    image_size = m.image_size or base_spec(m.base).image_size
     if config.method == "unet2d":
         return UNet2D(num_classes=num_classes, image_size=image_size)
     if config.method == "unet3d":
@@ -41,6 +41,7 @@ def build_method(config: TrainConfig, num_classes: int) -> nn.Module:
         "decoder_lora": m.decoder_lora,
         "memory_capacity": m.memory_capacity,
         "finetune": m.finetune,
+        "multimask_fallback": m.multimask_fallback,
         **SAM_METHODS[config.method],
     }
     return build_model(m.base, num_classes, pretrained=m.pretrained, **options)

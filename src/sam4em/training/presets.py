@@ -1,15 +1,20 @@
 """Resource presets: batch sizes, clip length and gradient accumulation that fit a device class.
 
-A preset is a list of ``--set`` overrides applied before the user's own, so ``--set`` always wins.
+A preset fills only what the config leaves unset: a value written in the YAML or given with ``--set``
+always wins, so a preset never silently changes a run the config describes.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from sam4em.training.config import ConfigError
 
-# (stage-1 batch, stage-2 batch, longest clip, gradient accumulation)
+# The config fields a preset may fill, by their dotted path.
+PRESET_KEYS = ("stage1.batch_size", "stage2.batch_size", "stage2.clip_length", "grad_accumulation")
+# Values of PRESET_KEYS, in that order.
 PRESETS: dict[str, tuple[int, int, int, int]] = {
     "cpu": (4, 1, 6, 1),
     "gpu-16gb": (8, 2, 8, 1),
@@ -26,17 +31,34 @@ def default_preset() -> str:
     return "gpu-80gb" if gib >= 70 else "gpu-40gb" if gib >= 35 else "gpu-16gb"
 
 
-def preset_overrides(preset: str | None, clip_length: int | None = None) -> list[str]:
-    """``--set`` strings for `preset` (`None` or ``auto``: by the device). The clip length only shrinks."""
-    name = default_preset() if preset in (None, "auto") else preset
+def resolve_preset(preset: str) -> str:
+    """The preset name `preset` stands for (``auto``: by the device)."""
+    name = default_preset() if preset == "auto" else preset
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of auto, {', '.join(PRESETS)}")
-    batch1, batch2, clip, accumulation = PRESETS[name]
-    if clip_length is not None:
-        clip = min(clip, clip_length)
-    return [
-        f"stage1.batch_size={batch1}",
-        f"stage2.batch_size={batch2}",
-        f"stage2.clip_length={clip}",
-        f"grad_accumulation={accumulation}",
-    ]
+    return name
+
+
+def fill_unset(data: dict[str, Any], preset: str) -> dict[str, Any]:
+    """A copy of plain config `data` with the fields of `preset` added where `data` has none."""
+    filled = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for key, value in zip(PRESET_KEYS, PRESETS[resolve_preset(preset)], strict=True):
+        *sections, name = key.split(".")
+        target = filled
+        for section in sections:
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{section}: expected a mapping, got {target!r}")
+        target.setdefault(name, value)
+    return filled
+
+
+def resource_values(config: Any) -> dict[str, Any]:
+    """The values of the preset fields in a built `TrainConfig`, by dotted path."""
+    values = {}
+    for key in PRESET_KEYS:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        values[key] = value
+    return values

@@ -1,0 +1,48 @@
+"""The learning-curve benchmark's plan: which slices are annotated, what pretraining may read, and
+that every method of a cell gets the same slices and the same wall time (the benchmark itself is not a test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sam4em.evaluation.benchmark import dataset_plans
+from sam4em.evaluation.learning_curve import (
+    CURVE_METHODS,
+    CURVE_PROFILES,
+    annotated_slices,
+    finetune_config,
+    pretraining_volumes,
+)
+from sam4em.training.config import config_from_dict
+
+
+def test_annotated_slices_stay_in_the_training_volume_and_out_of_the_test_slices(data_dir):
+    plans = dataset_plans(data_dir, full_test=False)
+    # Lucchi++: 165 training slices, validation 140-164 after a gap of one clip (4): training 0-135.
+    assert annotated_slices(plans["lucchi_pp"], 1) == ([68, 152], 1)
+    assert annotated_slices(plans["lucchi_pp"], 2) == ([34, 102, 152], 2)
+    slices, count = annotated_slices(plans["lucchi_pp"], 0)
+    assert count == 136 and slices == [*range(136), *range(140, 165)]
+    # VNC: slices 0-6 train (7-9 are the test slices), validation 5-6 after a gap of 2: training 0-2.
+    assert annotated_slices(plans["vnc"], 1) == ([1, 6], 1)
+    assert annotated_slices(plans["vnc"], 5) is None
+    assert annotated_slices(plans["vnc"], 0) == ([0, 1, 2, 5, 6], 3)
+
+
+def test_pretraining_reads_no_test_volume(data_dir):
+    volumes = pretraining_volumes(data_dir)
+    assert not any("test_image" in v or "test_label" in v for v in volumes)
+    assert f"{data_dir / 'vnc' / 'stack1_z00-09.h5'}:raw@0-7" in volumes  # VNC test slices 7-9 excluded
+    assert all(Path(v.split(":")[0].split("@")[0]).exists() for v in volumes)
+
+
+def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
+    plan = dataset_plans(data_dir, full_test=False)["vnc"]
+    profile = CURVE_PROFILES["learning-curve"]
+    configs = {m: config_from_dict(finetune_config(plan, m, [2, 6], profile, tmp_path / "encoder")) for m in CURVE_METHODS}
+    assert {tuple(c.volumes[0].labelled_slices) for c in configs.values()} == {(2, 6)}
+    for config in configs.values():
+        seconds = sum(getattr(config, f"stage{s}").max_seconds for s in config.stages)
+        assert seconds == profile.finetune_seconds
+    assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.finetune == "lora"
+    assert configs["sam4em-scratch"].model.base == "cpu-small"

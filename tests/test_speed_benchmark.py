@@ -1,0 +1,32 @@
+"""The speed profile's per-part timing (issue 14): every part it names is a module SAM4EM runs, and
+a part running inside another is counted once. No timings are asserted (those go in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam4em.evaluation.speed_benchmark import PARTS, part_times, speed_cases
+from sam4em.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_every_part_is_timed_and_nothing_twice() -> None:
+    model = build_model("test-tiny", 3, pretrained=False).eval()
+    for paths in PARTS.values():
+        for path in paths:
+            model.get_submodule(path)  # a renamed module would silently time as 0 ms
+    images = torch.rand(2, 1, model.image_size, model.image_size)
+    parts = part_times(model, images, repeats=1)
+    assert set(parts) == {*PARTS, "other"}
+    assert all(parts[label] > 0 for label in PARTS), parts
+    # Hooked modules inside hooked modules (the decoders' convolutions) count once: the parts add up
+    # to no more than the whole pass ("other", the rest, is not negative).
+    assert parts["other"] >= 0
+
+
+def test_cases_follow_the_device() -> None:
+    assert [c.model for c in speed_cases("cpu")] == ["cpu-small"]
+    assert [c.model for c in speed_cases("cuda")] == ["sam2.1-hiera-tiny", "sam2.1-hiera-base-plus"]
+    assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
