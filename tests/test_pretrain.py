@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sam4em.cli import main as cli_main
 from sam4em.data.unlabelled import UnlabelledCrops, UnlabelledVolume
-from sam4em.models import build_model, load_model
+from sam4em.models import CheckpointError, build_model, load_model
 from sam4em.models.masked_image import build_masked_image_model
 from sam4em.training.config import config_from_dict
 from sam4em.training.pretrain import PretrainSettings, masked_reconstruction_loss, pretrain
@@ -138,3 +139,13 @@ def test_pretrain_cli_errors_are_one_line(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
     assert cli_main(["pretrain", volumes[0], "--out", str(tmp_path / "x"), "--base", "cpu-small", "--pretrained", "--steps", "1"]) == 2
     assert "no pretrained weights" in capsys.readouterr().err
+
+
+
+def test_truncated_encoder_file_of_a_pretrain_run_is_refused_naming_it(tmp_path):
+    run = tmp_path / "em"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"pretrain": {"base": "test-tiny"}}))
+    (run / "encoder.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": tru")  # cut short
+    with pytest.raises(CheckpointError, match=r"encoder\.safetensors"):
+        build_model(run, 1)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel
 
-from sam4em.models.checkpoint_files import CheckpointError, read_torch_weights
+from sam4em.models.checkpoint_files import CheckpointError, read_safetensors, read_torch_weights
 from sam4em.models.checkpoint_keys import meta_to_transformers
 from sam4em.models.detail_head import DetailHead
 from sam4em.models.encoder_weights import ENCODER_FILE, is_encoder_folder, read_pretrain_record
@@ -389,9 +389,8 @@ def load_sam2_weights(sam2: Sam2VideoModel, source: str | Path) -> None:
     """
     path = Path(source)
     if is_encoder_folder(path):
-        from safetensors.torch import load_file
-
-        load_state_strict(sam2.vision_encoder, load_file(path / ENCODER_FILE), source=str(path / ENCODER_FILE))
+        # read_safetensors: a truncated or corrupt encoder file is one line naming it, not a traceback.
+        load_state_strict(sam2.vision_encoder, read_safetensors(path / ENCODER_FILE), source=str(path / ENCODER_FILE))
         return
     if path.is_file():  # a file is never a hub id: Meta's .pt, or refused in one line
         raw = read_torch_weights(path)
