@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.evaluation.benchmark import DatasetPlan, dataset_plans
+from sam4em.evaluation.benchmark import DatasetPlan, dataset_plans, run_in_process
 
 CURVE_METHODS: dict[str, dict[str, Any]] = {
     "unet2d": {"method": "unet2d"},
@@ -215,19 +215,6 @@ def _run_worker(plan: DatasetPlan, method: str, slices: list[int], train_count: 
     tmp.replace(run_dir / "result.json")
 
 
-def _in_process(context: Any, target: Any, args: tuple[Any, ...], name: str) -> None:
-    process = context.Process(target=target, args=args)
-    process.start()
-    try:
-        process.join()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.join()
-        raise
-    if process.exitcode != 0:
-        raise RuntimeError(f"learning-curve run {name} failed (exit {process.exitcode}); see the output above")
-
-
 def run_learning_curve(
     *, profile: str, data_dir: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
     methods: list[str] | None = None, datasets: list[str] | None = None, seeds: list[int] | None = None,
@@ -254,7 +241,7 @@ def run_learning_curve(
     encoder = (out / "pretrain" / "em-mim").resolve()
     if any(CURVE_METHODS[m].get("encoder") for m in chosen_methods) and not (encoder / "encoder.safetensors").exists():
         print(f"  pretraining the encoder ({settings.pretrain_seconds:.0f} s) on {len(pretraining_volumes(data))} volumes", flush=True)
-        _in_process(context, _pretrain_worker, (pretraining_volumes(data), encoder, settings), "pretrain")
+        run_in_process(context, _pretrain_worker, (pretraining_volumes(data), encoder, settings), "pretrain")
     started = time.time()
     for count in label_counts or settings.label_counts:  # the fewest labels first: the cells that matter most finish first
         for name in datasets or list(settings.datasets):
@@ -268,7 +255,7 @@ def run_learning_curve(
                     if not (run_dir / "result.json").exists():
                         run_dir.mkdir(parents=True, exist_ok=True)
                         arguments = (plans[name], method, slices, train_count, settings, encoder, run_dir, seed)
-                        _in_process(context, _run_worker, arguments, str(run_dir))
+                        run_in_process(context, _run_worker, arguments, str(run_dir))
                     record = json.loads((run_dir / "result.json").read_text())
                     print(f"  {name:10s} n={count or 'all':<4} {method:16s} seed {seed} Dice {record['dice']:.3f}  "
                           f"({time.time() - started:.0f} s)", flush=True)
