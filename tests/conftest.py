@@ -33,3 +33,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def decisive_tiny_model():
+    """A factory: test-tiny with seeded random weights and its mask logits scaled up 1000x.
+
+    Raw, a random test-tiny predicts 0.5 ± 1e-5 everywhere, too flat for 0/1 decisions (or float16
+    storage) to differ over a volume; scaled, every class gets voxels. Returns the model in eval mode.
+    """
+    import torch
+
+    from sam4em.models import build_model
+
+    def make(class_names: tuple[str, ...] | list[str]):
+        torch.manual_seed(0)
+        net = build_model("test-tiny", num_classes=len(class_names), pretrained=False)
+        with torch.no_grad():
+            for name, parameter in net.named_parameters():
+                if "output_hypernetworks_mlps" in name and "proj_out" in name:
+                    parameter.mul_(1000.0)
+        net.class_names = list(class_names)
+        return net.eval()
+
+    return make

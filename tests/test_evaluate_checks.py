@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from sam4em.cli import main
@@ -21,7 +20,7 @@ from sam4em.evaluation.results_file import write_json
 from sam4em.fingerprint import digest_file as file_digest
 from sam4em.inference.streaming import Interrupted, segment_to_file
 from sam4em.io import MissingChunksWarning, create_volume, open_volume
-from sam4em.models import SAM4EM, build_model
+from sam4em.models import SAM4EM
 
 SHAPE = (4, 64, 64)
 CLASSES = ("mito", "er")
@@ -30,16 +29,9 @@ SEGMENT = {"direction": "forward", "block_size": 2, "overlap": 0}
 
 
 @pytest.fixture(scope="module")
-def model() -> SAM4EM:
+def model(decisive_tiny_model) -> SAM4EM:
     """test-tiny, random weights, mask logits scaled so that its 0/1 decisions vary over the volume."""
-    torch.manual_seed(0)
-    net = build_model("test-tiny", num_classes=2, pretrained=False)
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if "output_hypernetworks_mlps" in name and "proj_out" in name:
-                parameter.mul_(1000.0)
-    net.class_names = list(CLASSES)
-    return net.eval()
+    return decisive_tiny_model(CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-import torch
 import yaml
 
 pytest.importorskip(
@@ -30,7 +29,7 @@ from sam4em.evaluation import evaluate_volumes
 from sam4em.evaluation.measure import measure_objects
 from sam4em.inference.streaming import segment_to_file
 from sam4em.io import create_volume, open_volume
-from sam4em.models import build_model, load_model, save_model
+from sam4em.models import load_model, save_model
 from sam4em.napari_plugin import reader
 from sam4em.napari_plugin.reader import get_reader
 from sam4em.napari_plugin.segment_widget import SegmentWidget
@@ -42,16 +41,9 @@ WAIT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None, decisive_tiny_model) -> Path:
     """A run folder holding test-tiny with random weights, logits scaled so both classes occur."""
-    torch.manual_seed(0)
-    net = build_model("test-tiny", num_classes=2, pretrained=False)
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if "output_hypernetworks_mlps" in name and "proj_out" in name:
-                parameter.mul_(1000.0)
-    net.class_names = ["mito", "er"]
-    return save_model(net, tmp_path_factory.mktemp("run") / "tiny")
+    return save_model(decisive_tiny_model(("mito", "er")), tmp_path_factory.mktemp("run") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
@@ -23,7 +22,7 @@ from sam4em.evaluation.measure_file import measure_file
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
 from sam4em.io import create_volume, open_volume
 from sam4em.io.ome_zarr_output import downsample, open_output, pyramid_shapes
-from sam4em.models import SAM4EM, build_model, save_model
+from sam4em.models import SAM4EM, save_model
 
 SHAPE = (5, 136, 128)  # two pyramid levels (y, x halved once stay >= 64)
 VOXEL_SIZE = (30.0, 5.0, 5.0)
@@ -32,16 +31,9 @@ FAST = {"direction": "forward", "block_size": 2}
 
 
 @pytest.fixture(scope="module")
-def model(one_thread: None) -> SAM4EM:
+def model(one_thread: None, decisive_tiny_model) -> SAM4EM:
     """test-tiny with random weights, logits scaled up so that both classes get voxels."""
-    torch.manual_seed(0)
-    net = build_model("test-tiny", num_classes=2, pretrained=False)
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if "output_hypernetworks_mlps" in name and "proj_out" in name:
-                parameter.mul_(1000.0)
-    net.class_names = list(CLASSES)
-    return net.eval()
+    return decisive_tiny_model(CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from sam4em.inference.postprocess import probs_to_labels
 from sam4em.inference.segment import segment_volume
 from sam4em.inference.streaming import BLOCKS_DONE, COMPLETE, Interrupted, segment_to_file
 from sam4em.io import VolumeError, create_volume, open_volume
-from sam4em.models import SAM4EM, build_model, save_model
+from sam4em.models import SAM4EM, save_model
 
 SHAPE = (12, 80, 96)
 VOXEL_SIZE = (40.0, 8.0, 8.0)
@@ -38,17 +38,10 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model() -> SAM4EM:
+def model(decisive_tiny_model) -> SAM4EM:
     """test-tiny with random weights whose mask logits are scaled up: raw, it predicts 0.5 +- 1e-5
     everywhere, too flat to tell directions apart after float16 storage."""
-    torch.manual_seed(0)
-    net = build_model("test-tiny", num_classes=2, pretrained=False)
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if "output_hypernetworks_mlps" in name and "proj_out" in name:
-                parameter.mul_(1000.0)
-    net.class_names = list(CLASSES)
-    return net.eval()
+    return decisive_tiny_model(CLASSES)
 
 
 @pytest.fixture(scope="module")

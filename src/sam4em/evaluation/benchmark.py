@@ -163,32 +163,22 @@ def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, 
     }
 
 
-def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, progress: bool = False) -> dict[str, Any]:
-    """Train, segment the test crop, evaluate. Runs in its own process (see `run_benchmark`).
+def segment_test_crop(
+    plan: DatasetPlan, run_dir: Path, crop: tuple[tuple[int, int], ...]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Segment `crop` ((z0, z1), (y0, y1), (x0, x1)) of the plan's test volume with the model in `run_dir`.
 
-    Raises KeyboardInterrupt when the training was stopped (its checkpoint is kept for the next run).
+    Returns probabilities (C, Z, Y, X), the crop's labels (Z, Y, X) and the inference seconds. A 3D
+    model is normalised with the whole test volume's percentiles; slice-wise models go through
+    `segment_volume`, which normalises the crop itself.
     """
-    import torch
-
-    from sam4em.data.class_mapping import ClassMapping
     from sam4em.data.normalize import percentile_normalize, volume_percentiles
-    from sam4em.evaluation.evaluate import evaluate_volumes
     from sam4em.inference.segment import segment_volume
     from sam4em.io import open_volume, parse_path_key
     from sam4em.models import load_model
-    from sam4em.training.config import config_from_dict
-    from sam4em.training.trainer import train
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    run_dir = out_dir / "runs" / plan.name / method
-    config = config_from_dict(train_config(plan, method, profile))
-    started = time.time()
-    result = train(config, run_dir, resume=(run_dir / "checkpoints").exists(), progress=progress)
-    if result.interrupted:
-        raise KeyboardInterrupt  # a stopped training must not be scored as if it had finished
-    train_seconds = time.time() - started
     model = load_model(run_dir)
-    (z0, z1), (y0, y1), (x0, x1) = plan.test_crop
+    (z0, z1), (y0, y1), (x0, x1) = crop
     image_path, image_key = parse_path_key(plan.test_image)
     label_path, label_key = parse_path_key(plan.test_labels)
     with open_volume(image_path, key=image_key) as image_volume, open_volume(label_path, key=label_key) as label_volume:
@@ -200,7 +190,30 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
         probs = model.predict_volume(percentile_normalize(image, bounds=bounds))
     else:
         probs = segment_volume(image, model, direction="both")
-    infer_seconds = time.time() - started
+    return probs, labels, time.time() - started
+
+
+def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Train, segment the test crop, evaluate. Runs in its own process (see `run_benchmark`).
+
+    Raises KeyboardInterrupt when the training was stopped (its checkpoint is kept for the next run).
+    """
+    import torch
+
+    from sam4em.data.class_mapping import ClassMapping
+    from sam4em.evaluation.evaluate import evaluate_volumes
+    from sam4em.training.config import config_from_dict
+    from sam4em.training.trainer import train
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    run_dir = out_dir / "runs" / plan.name / method
+    config = config_from_dict(train_config(plan, method, profile))
+    started = time.time()
+    result = train(config, run_dir, resume=(run_dir / "checkpoints").exists(), progress=progress)
+    if result.interrupted:
+        raise KeyboardInterrupt  # a stopped training must not be scored as if it had finished
+    train_seconds = time.time() - started
+    probs, labels, infer_seconds = segment_test_crop(plan, run_dir, plan.test_crop)
     mapping = ClassMapping.parse(plan.classes)
     scores = evaluate_volumes(
         probs, labels, classes=mapping.single_codes(), voxel_size=plan.voxel_size, chunk_slices=16
@@ -215,8 +228,8 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
         "steps_stage1": result.steps.get(1, 0),
         "steps_stage2": result.steps.get(2, 0),
         "val_dice": round(max(result.best_scores.values()), 4),
-        "test_slices": int(image.shape[0]),
-        "slices_per_second": round(image.shape[0] / infer_seconds, 3),
+        "test_slices": int(labels.shape[0]),
+        "slices_per_second": round(labels.shape[0] / infer_seconds, 3),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "classes": {
             name: {k: _plain(v) for k, v in values.items() if k in _REPORTED}

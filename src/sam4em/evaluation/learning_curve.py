@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.evaluation.benchmark import DatasetPlan, dataset_plans, run_in_process
+from sam4em.evaluation.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
 
 CURVE_METHODS: dict[str, dict[str, Any]] = {
     "unet2d": {"method": "unet2d"},
@@ -149,26 +149,9 @@ def finetune_config(
 def score_test_crop(plan: DatasetPlan, run_dir: Path, crop: tuple[tuple[int, int], ...]) -> tuple[dict[str, dict[str, float]], float]:
     """Segment the test crop with the model in `run_dir` and score it -> (per-class scores, seconds)."""
     from sam4em.data.class_mapping import ClassMapping
-    from sam4em.data.normalize import percentile_normalize, volume_percentiles
     from sam4em.evaluation.metrics import SemanticCounts
-    from sam4em.inference.segment import segment_volume
-    from sam4em.io import open_volume, parse_path_key
-    from sam4em.models import load_model
 
-    model = load_model(run_dir)
-    (z0, z1), (y0, y1), (x0, x1) = crop
-    image_path, image_key = parse_path_key(plan.test_image)
-    label_path, label_key = parse_path_key(plan.test_labels)
-    with open_volume(image_path, key=image_key) as image_volume, open_volume(label_path, key=label_key) as label_volume:
-        image = np.asarray(image_volume[z0:z1, y0:y1, x0:x1])
-        labels = np.asarray(label_volume[z0:z1, y0:y1, x0:x1])
-        bounds = volume_percentiles(image_volume)
-    started = time.time()
-    if getattr(model, "is_volumetric", False):
-        probs = model.predict_volume(percentile_normalize(image, bounds=bounds))
-    else:
-        probs = segment_volume(image, model, direction="both")
-    seconds = time.time() - started
+    probs, labels, seconds = segment_test_crop(plan, run_dir, crop)
     scores = {}
     for channel, (name, code) in enumerate(ClassMapping.parse(plan.classes).single_codes().items()):
         # Overlap scores only: the boundary and instance metrics of `sam4em evaluate` cost minutes here.
