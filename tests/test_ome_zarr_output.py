@@ -20,7 +20,7 @@ from sam4em.cli import main
 from sam4em.evaluation.measure import measure_objects
 from sam4em.evaluation.measure_file import measure_file
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
-from sam4em.io import create_volume, open_volume
+from sam4em.io import VolumeError, create_volume, open_volume
 from sam4em.io.ome_zarr_output import downsample, open_output, pyramid_shapes
 from sam4em.models import SAM4EM, save_model
 
@@ -178,3 +178,16 @@ def test_napari_ome_zarr_reader_scale(tmp_path, raw, model):
 def test_refusals(tmp_path, raw, model):
     with pytest.raises(ValueError, match=r"OME-Zarr outputs are whole \.zarr stores"):
         segment_to_file(raw[0], tmp_path / "out.h5", model, output_type="labels", ome=True, **FAST)
+
+
+def test_measure_refuses_the_ome_root_image_and_names_the_class_masks(tmp_path, raw, model, class_map):
+    out = segment_to_file(raw[0], tmp_path / "seg.ome.zarr", model, output_type="labels", **FAST)
+    # The root is the input EM (for viewers): its gray values must not be measured as class codes.
+    with pytest.raises(VolumeError, match=r"input EM, not labels.*seg\.ome\.zarr:labels/er"):
+        measure_file(out, tmp_path / "objects.csv")
+    assert not (tmp_path / "objects.csv").exists()
+    measure_file(f"{out}:labels/mito", tmp_path / "objects.csv")
+    with (tmp_path / "objects.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {row["class"] for row in rows} == {"mito"}
+    assert sum(int(row["voxel_count"]) for row in rows) == int((class_map == 1).sum())

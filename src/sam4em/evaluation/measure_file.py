@@ -11,7 +11,8 @@ import numpy as np
 
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.evaluation.measure import ObjectsMode, measure_objects, write_csv
-from sam4em.io import VolumeError, open_volume
+from sam4em.io import VolumeError, open_volume, parse_path_key
+from sam4em.io.ome_zarr_output import is_ome_output
 from sam4em.io.output_record import read_output_record
 
 __all__ = ["measure_file"]
@@ -47,6 +48,20 @@ def _class_codes(
     return None
 
 
+def _refuse_ome_image(labels: str | os.PathLike[str], key: str | None) -> None:
+    """A sam4em OME-Zarr output's root is the input EM image (for viewers): its gray values would be
+    measured as class codes. Its label masks are under ``labels/<class>``."""
+    path, parsed_key = parse_path_key(str(labels))
+    key = key or parsed_key
+    if is_ome_output(path) and not (key or "").strip("/").startswith("labels/"):
+        classes = sorted(p.name for p in (Path(path) / "labels").iterdir() if p.is_dir()) if (Path(path) / "labels").is_dir() else []
+        example = f"{path}:labels/{classes[0]}" if classes else f"{path}:labels/<class>"
+        raise VolumeError(
+            f"{path}: this OME-Zarr output's image is the input EM, not labels; measure one class's mask, "
+            f"e.g. {example} (classes: {', '.join(classes) or 'none: it holds probabilities'})"
+        )
+
+
 def measure_file(
     labels: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -72,6 +87,7 @@ def measure_file(
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: already exists (pass --overwrite to replace it)")
+    _refuse_ome_image(labels, labels_key)
     with open_volume(labels, labels_key) as volume:
         sizes = voxel_size if voxel_size is not None else volume.voxel_size
         if sizes is None:
