@@ -33,10 +33,12 @@ gui-deps:
 
 test: $(STAMP) gui-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/sam4em demo --out demo_out

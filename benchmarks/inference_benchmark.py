@@ -108,7 +108,7 @@ def input_volume(workdir: Path, size: int, slices: int) -> Path:
 
 def measure_stream(config: Config, workdir: Path) -> dict[str, Any]:
     from sam4em.inference.predictor import plan_tiling
-    from sam4em.inference.streaming import segment_to_file
+    from sam4em.inference.streaming import SegmentOptions, segment_to_file
     from sam4em.models import build_model
 
     model = build_model(config.model, 1, pretrained=False, image_size=config.window).eval()
@@ -117,16 +117,10 @@ def measure_stream(config: Config, workdir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     tile = (config.tile, config.tile) if config.tile else None
     halo = (0, 0) if config.tile else None
-    segment_to_file(
-        source,
-        output,
-        model,
-        direction=config.direction,
-        block_size=config.block_size,
-        tile_shape=tile,
-        halo=halo,
-        overwrite=True,
+    options = SegmentOptions(
+        direction=config.direction, block_size=config.block_size, tile_shape=tile, halo=halo, overwrite=True
     )
+    segment_to_file(source, output, model, options)
     seconds = time.perf_counter() - start
     tiles = len(plan_tiling((config.size, config.size), model.image_size, tile, halo).tiles)
     return {"seconds": seconds, "slices_per_s": config.slices / seconds, "tiles_per_slice": tiles}
@@ -135,8 +129,8 @@ def measure_stream(config: Config, workdir: Path) -> dict[str, Any]:
 def measure_encoder(config: Config) -> dict[str, Any]:
     import torch
 
-    from sam4em.evaluation.speed_benchmark import model_rates
     from sam4em.models import build_model
+    from sam4em.workflows.speed_benchmark import model_rates
 
     model = build_model(config.model, 1, pretrained=False, image_size=config.window).eval()
     # Full memory bank, encoder and model timed in turns (medians): see `sam4em benchmark --profile speed`.

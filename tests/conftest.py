@@ -24,6 +24,13 @@ def data_dir() -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that asks for the real data carries the `data` marker (`-m "not data"` runs without it)."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """torch on one intra-op thread: on two shared CPU cores two threads can be ~20x slower (spinning)."""
@@ -48,12 +55,11 @@ def decisive_tiny_model():
 
     def make(class_names: tuple[str, ...] | list[str]):
         torch.manual_seed(0)
-        net = build_model("test-tiny", num_classes=len(class_names), pretrained=False)
+        net = build_model("test-tiny", class_names=class_names, pretrained=False)
         with torch.no_grad():
             for name, parameter in net.named_parameters():
                 if "output_hypernetworks_mlps" in name and "proj_out" in name:
                     parameter.mul_(1000.0)
-        net.class_names = list(class_names)
         return net.eval()
 
     return make

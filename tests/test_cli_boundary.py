@@ -14,6 +14,7 @@ import torch
 from sam4em import cli
 from sam4em.cli import build_parser, main
 from sam4em.errors import Sam4emError
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import RUN_RECORD
 from sam4em.io import open_volume
 
@@ -97,7 +98,7 @@ def test_library_refuses_an_unusable_device_too(tmp_path: Path, image: Path) -> 
     from sam4em.inference.streaming import segment_to_file
 
     with pytest.raises(Sam4emError, match="--device banana"):
-        segment_to_file(image, tmp_path / "out.zarr", "test-tiny", device="banana")
+        segment_to_file(image, tmp_path / "out.zarr", "test-tiny", SegmentOptions(device="banana"))
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ class TestSegment:
         def nearly_full(path: Any) -> Any:
             return type("Usage", (), {"total": 10**9, "used": 10**9 - 500, "free": 500})()
 
-        monkeypatch.setattr("sam4em.safety.shutil.disk_usage", nearly_full)
+        monkeypatch.setattr("sam4em.inference.request.shutil.disk_usage", nearly_full)
         line = _fails(
             ["segment", str(_tif(tmp_path / "in.tif")), str(tmp_path / "sub" / "out.zarr"), "--model", "test-tiny",
              "--output-type", "probs"],

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from sam4em.cli import main
 from sam4em.fingerprint import digest_file as file_digest
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
 from sam4em.io import create_volume, open_volume
 from sam4em.models import CheckpointError, build_model, load_model, save_model
@@ -108,11 +109,20 @@ def test_existing_output_is_kept_when_refused_or_interrupted(tmp_path: Path) -> 
     # --overwrite writes a hidden sibling and swaps it in only when complete: stopping midway keeps the old.
     calls: list[int] = []
     with pytest.raises(Interrupted):
-        segment_to_file(image, output, "test-tiny", output_type="probs", direction="forward", block_size=2,
-                        overwrite=True, stop=lambda: calls.append(1) or len(calls) > 1)
+        segment_to_file(
+            image,
+            output,
+            "test-tiny",
+            SegmentOptions(output_type="probs", direction="forward", block_size=2, overwrite=True),
+            stop=lambda: calls.append(1) or len(calls) > 1,
+        )
     assert file_digest(output) == before
-    segment_to_file(image, output, "test-tiny", output_type="probs", direction="forward", block_size=2,
-                    overwrite=True, resume=True)
+    segment_to_file(
+        image,
+        output,
+        "test-tiny",
+        SegmentOptions(output_type="probs", direction="forward", block_size=2, overwrite=True, resume=True),
+    )
     with open_volume(output, "class1") as probs:
         assert probs.attrs[COMPLETE] is True and probs.dtype == np.float16
     assert not list(tmp_path.glob(".*"))

@@ -14,6 +14,7 @@ import torch
 
 from sam4em.cli import main
 from sam4em.devices import default_device, describe_device, device_for
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import segment_to_file  # before any test patches `sam4em.models.load_model`
 from sam4em.models import build_model
 
@@ -101,6 +102,11 @@ def test_library_default_is_logged_not_printed(
 ) -> None:
     _gpus(monkeypatch, 0)
     with caplog.at_level(logging.INFO, logger="sam4em.inference.streaming"):
-        segment_to_file(image, tmp_path / "out.zarr", "test-tiny", output_type="labels", direction="forward")
+        segment_to_file(
+            image,
+            tmp_path / "out.zarr",
+            "test-tiny",
+            SegmentOptions(output_type="labels", direction="forward"),
+        )
     assert [r.getMessage() for r in caplog.records] == [f"segmenting on cpu ({torch.get_num_threads()} threads)"]
     assert capsys.readouterr().err == ""

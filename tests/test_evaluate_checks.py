@@ -18,6 +18,7 @@ from sam4em.cli import main
 from sam4em.evaluation import evaluate_files, evaluate_volumes
 from sam4em.evaluation.results_file import write_json
 from sam4em.fingerprint import digest_file as file_digest
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import Interrupted, segment_to_file
 from sam4em.io import MissingChunksWarning, create_volume, open_volume
 from sam4em.models import SAM4EM
@@ -52,11 +53,36 @@ def outputs(tmp_path_factory: pytest.TempPathFactory, data: Path, model: SAM4EM)
     folder = tmp_path_factory.mktemp("outputs")
     raw = data / "raw.tif"
     return {
-        "probs": segment_to_file(raw, folder / "probs.zarr", model, output_type="probs", **SEGMENT),
-        "probs_uint8": segment_to_file(raw, folder / "p8.zarr", model, probs_dtype="uint8", **SEGMENT),
-        "labels": segment_to_file(raw, folder / "labels.zarr", model, output_type="labels", **SEGMENT),
-        "instances": segment_to_file(raw, folder / "inst.zarr", model, output_type="instances", **SEGMENT),
-        "labels_tif": segment_to_file(raw, folder / "labels.tif", model, output_type="labels", **SEGMENT),
+        "probs": segment_to_file(
+            raw,
+            folder / "probs.zarr",
+            model,
+            SegmentOptions(output_type="probs", **SEGMENT),
+        ),
+        "probs_uint8": segment_to_file(
+            raw,
+            folder / "p8.zarr",
+            model,
+            SegmentOptions(probs_dtype="uint8", **SEGMENT),
+        ),
+        "labels": segment_to_file(
+            raw,
+            folder / "labels.zarr",
+            model,
+            SegmentOptions(output_type="labels", **SEGMENT),
+        ),
+        "instances": segment_to_file(
+            raw,
+            folder / "inst.zarr",
+            model,
+            SegmentOptions(output_type="instances", **SEGMENT),
+        ),
+        "labels_tif": segment_to_file(
+            raw,
+            folder / "labels.tif",
+            model,
+            SegmentOptions(output_type="labels", **SEGMENT),
+        ),
     }
 
 
@@ -130,7 +156,13 @@ def test_evaluate_refuses_an_unfinished_segment_output(
         out = tmp_path / f"{kind}.zarr"
         stop_after_first_block = (lambda calls: lambda: next(calls) >= 1)(count())
         with pytest.raises(Interrupted):
-            segment_to_file(data / "raw.tif", out, model, output_type=kind, stop=stop_after_first_block, **SEGMENT)
+            segment_to_file(
+                data / "raw.tif",
+                out,
+                model,
+                SegmentOptions(output_type=kind, **SEGMENT),
+                stop=stop_after_first_block,
+            )
         assert main(["evaluate", str(out), str(data / "gt.tif"), "--classes", GT_CODES]) == 2
         line = _one_error_line(capsys)
         assert "unfinished `sam4em segment` output" in line and "--resume" in line, line
@@ -274,7 +306,12 @@ def test_probabilities_of_a_sam4em_output_in_a_container_key(
     tmp_path: Path, data: Path, model: SAM4EM
 ) -> None:
     """`segment out.h5:seg --output-type probs` writes seg/mito and seg/er: `out.h5:seg` is the prediction."""
-    out = segment_to_file(data / "raw.tif", tmp_path / "out.h5", model, output_key="seg", **SEGMENT)
+    out = segment_to_file(
+        data / "raw.tif",
+        tmp_path / "out.h5",
+        model,
+        SegmentOptions(output_key="seg", **SEGMENT),
+    )
     with create_volume(tmp_path / "out.h5", SHAPE, np.uint8, key="raw") as extra:
         extra[:] = 0  # another array in the same file is not a class
     results = evaluate_files(f"{out}:seg", data / "gt.tif", classes=GT_CODES)
@@ -286,7 +323,12 @@ def test_evaluate_reads_ome_zarr_segment_outputs_like_the_others(
 ) -> None:
     gt = data / "gt.tif"
     for kind, reference in (("labels", "labels"), ("instances", "labels"), ("probs", "probs")):
-        out = segment_to_file(data / "raw.tif", tmp_path / f"{kind}.ome.zarr", model, output_type=kind, **SEGMENT)
+        out = segment_to_file(
+            data / "raw.tif",
+            tmp_path / f"{kind}.ome.zarr",
+            model,
+            SegmentOptions(output_type=kind, **SEGMENT),
+        )
         expected = _scores(evaluate_files(outputs[reference], gt, classes=GT_CODES))
         assert _scores(evaluate_files(out, gt, classes=GT_CODES)) == pytest.approx(expected, abs=1e-12), kind
     one = evaluate_files(tmp_path / "labels.ome.zarr", gt, pred_key="labels/er", classes="er=128")

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import torch
 
-from sam4em.training import feed, trainer
+from sam4em.training import feed, stage, trainer
 from sam4em.training.config import ConfigError, config_from_dict
 
 
@@ -82,7 +82,7 @@ def test_workers_change_no_number_and_metrics_report_the_feed(tmp_path: Path, mo
         asked.append((num_workers, device))
         return feed.loader_options(num_workers, device)
 
-    monkeypatch.setattr(trainer, "loader_options", spy)
+    monkeypatch.setattr(stage, "loader_options", spy)
     trainer.train(config_from_dict(data), tmp_path / "default", progress=False)
     trainer.train(config_from_dict({**data, "num_workers": 1}), tmp_path / "one-worker", progress=False)
     assert asked == [(None, torch.device("cpu")), (1, torch.device("cpu"))]

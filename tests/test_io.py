@@ -29,7 +29,7 @@ from sam4em.io import (
     open_volume,
     parse_path_key,
 )
-from sam4em.io.paths import natural_key
+from sam4em.io.slices import natural_key
 
 SHAPE = (6, 40, 30)
 VOXEL = (50.0, 4.6, 4.2)

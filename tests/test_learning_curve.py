@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sam4em.evaluation.benchmark import dataset_plans
-from sam4em.evaluation.learning_curve import (
+from sam4em.training.config import config_from_dict
+from sam4em.workflows.benchmark import dataset_plans
+from sam4em.workflows.learning_curve import (
     CURVE_METHODS,
     CURVE_PROFILES,
     annotated_slices,
     finetune_config,
     pretraining_volumes,
 )
-from sam4em.training.config import config_from_dict
 
 
 def test_annotated_slices_stay_in_the_training_volume_and_out_of_the_test_slices(data_dir):
@@ -44,5 +44,5 @@ def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
     for config in configs.values():
         seconds = sum(getattr(config, f"stage{s}").max_seconds for s in config.stages)
         assert seconds == profile.finetune_seconds
-    assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.finetune == "lora"
+    assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.build.finetune == "lora"
     assert configs["sam4em-scratch"].model.base == "cpu-small"

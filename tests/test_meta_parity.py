@@ -87,7 +87,7 @@ def meta(checkpoint):
 @pytest.fixture(scope="module")
 def ours(checkpoint):
     model = build_model(checkpoint, NUM_CLASSES, image_size=SIZE).eval()
-    assert model.pretrained_base and model.image_size == SIZE
+    assert model.info.pretrained_base and model.image_size == SIZE
     return model
 
 

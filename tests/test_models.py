@@ -7,7 +7,7 @@ import torch
 
 from sam4em.models import CheckpointError, build_model, load_model, save_model, set_trainable
 from sam4em.models.lora import is_lora_parameter
-from sam4em.models.registry import is_adapter_parameter
+from sam4em.models.trainable import is_adapter_parameter
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +283,7 @@ def test_image_size_1024_builds_runs_and_reloads(tmp_path):
     assert torch.isfinite(clip.logits).all()
     save_model(model, tmp_path / "run")
     loaded = load_model(tmp_path / "run")
-    assert loaded.image_size == 1024 and loaded.build_options.image_size == 1024
+    assert loaded.image_size == 1024 and loaded.info.build_options.image_size == 1024
     expected = model.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
 
@@ -294,5 +294,5 @@ def test_multimask_fallback_is_an_option_saved_with_the_model(tmp_path):
     model = build_model("test-tiny", 1, pretrained=False, multimask_fallback=True)
     save_model(model, tmp_path / "run")
     loaded = load_model(tmp_path / "run")
-    assert loaded.build_options.multimask_fallback
+    assert loaded.info.build_options.multimask_fallback
     assert loaded.stage1_decoder.dynamic_multimask_via_stability and loaded.stage2_decoder.dynamic_multimask_via_stability

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from sam4em.evaluation import evaluate_volumes
 from sam4em.evaluation.measure import measure_objects
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import segment_to_file
 from sam4em.io import create_volume, open_volume
 from sam4em.models import load_model, save_model
@@ -98,9 +99,7 @@ def test_segment_widget_adds_labels_at_the_image_scale(
         source,
         tmp_path / "out.zarr",
         load_model(run_dir),
-        output_type="labels",
-        direction="forward",
-        block_size=2,
+        SegmentOptions(output_type="labels", direction="forward", block_size=2),
     )
     with open_volume(expected, "labels") as labels:
         np.testing.assert_array_equal(layer.data, labels[:])
@@ -155,7 +154,7 @@ def test_train_widget_cancel_resume_and_live_dice(make_napari_viewer_proxy, qtbo
         rows = [r for r in csv.DictReader(stream) if r["val_dice_mean"]]
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert widget.dice.value.startswith(f"{float(rows[-1]['val_dice_mean']):.4f} (stage 1, step 4)")
-    assert load_model(folder).class_names == ["class1"]
+    assert load_model(folder).info.class_names == ("class1",)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["train"]["volumes"][0]["labelled_slices"] == [0, 3, 4, 6, 7, 8, 9]
     # The run folder opens in napari with its validation overlay and curves.
@@ -213,9 +212,17 @@ def test_reader_opens_outputs_at_their_scale(make_napari_viewer_proxy, run_dir, 
     with create_volume(source, volume.shape, np.uint8, voxel_size=SCALE) as out:
         out[:] = volume
     model = load_model(run_dir)
-    plain = segment_to_file(source, tmp_path / "seg.zarr", model, output_type="labels", direction="forward")
+    plain = segment_to_file(
+        source,
+        tmp_path / "seg.zarr",
+        model,
+        SegmentOptions(output_type="labels", direction="forward"),
+    )
     ome = segment_to_file(
-        source, tmp_path / "seg.ome.zarr", model, output_type="instances", direction="forward"
+        source,
+        tmp_path / "seg.ome.zarr",
+        model,
+        SegmentOptions(output_type="instances", direction="forward"),
     )
     assert get_reader(str(source)) is None  # an input, not a sam4em output
     viewer = make_napari_viewer_proxy()

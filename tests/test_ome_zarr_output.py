@@ -19,6 +19,7 @@ from ome_zarr_models.v05.labels import Labels
 from sam4em.cli import main
 from sam4em.evaluation.measure import measure_objects
 from sam4em.evaluation.measure_file import measure_file
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
 from sam4em.io import VolumeError, create_volume, open_volume
 from sam4em.io.ome_zarr_output import downsample, open_output, pyramid_shapes
@@ -52,7 +53,10 @@ def class_map(
 ) -> np.ndarray:
     """The plain (non-OME) label output of the same run: 0, 1 (mito), 2 (er)."""
     out = segment_to_file(
-        raw[0], tmp_path_factory.mktemp("plain") / "labels.zarr", model, output_type="labels", **FAST
+        raw[0],
+        tmp_path_factory.mktemp("plain") / "labels.zarr",
+        model,
+        SegmentOptions(output_type="labels", **FAST),
     )
     with open_volume(out, "labels") as volume:
         labels = volume[:]
@@ -72,7 +76,12 @@ def _check_pyramid(levels: list[np.ndarray], method: str) -> None:
 
 
 def test_labels_output_validates_and_opens_at_scale(tmp_path, raw, model, class_map):
-    out = segment_to_file(raw[0], tmp_path / "seg.ome.zarr", model, output_type="labels", **FAST)
+    out = segment_to_file(
+        raw[0],
+        tmp_path / "seg.ome.zarr",
+        model,
+        SegmentOptions(output_type="labels", **FAST),
+    )
     root = zarr.open_group(str(out), mode="r")
     assert isinstance(open_ome_zarr(root), Image)
     Labels.from_zarr(root["labels"])
@@ -117,15 +126,26 @@ def test_labels_output_validates_and_opens_at_scale(tmp_path, raw, model, class_
 
 
 def test_resume_equals_uninterrupted(tmp_path, raw, model):
-    reference = segment_to_file(raw[0], tmp_path / "ref.ome.zarr", model, output_type="labels", **FAST)
+    reference = segment_to_file(
+        raw[0],
+        tmp_path / "ref.ome.zarr",
+        model,
+        SegmentOptions(output_type="labels", **FAST),
+    )
     out = tmp_path / "seg.ome.zarr"
     calls = iter([False, True])  # one block, then stop
     with pytest.raises(Interrupted):
-        segment_to_file(raw[0], out, model, output_type="labels", stop=lambda: next(calls), **FAST)
+        segment_to_file(
+            raw[0],
+            out,
+            model,
+            SegmentOptions(output_type="labels", **FAST),
+            stop=lambda: next(calls),
+        )
     with open_output(out, "labels/mito") as volume:
         assert volume.attrs[COMPLETE] is False
     assert _levels(out, "labels/mito")[0][2:].max() == 0  # later blocks not written yet
-    segment_to_file(raw[0], out, model, output_type="labels", resume=True, **FAST)
+    segment_to_file(raw[0], out, model, SegmentOptions(output_type="labels", resume=True, **FAST))
     for key in ("", "labels/mito", "labels/er"):
         for done, expected in zip(_levels(out, key), _levels(reference, key), strict=True):
             np.testing.assert_array_equal(done, expected)
@@ -145,7 +165,12 @@ def test_cli_probabilities_with_ome_switch(tmp_path, raw, model):
     assert [c["label"] for c in group.attrs["ome"]["omero"]["channels"]] == list(CLASSES)
     levels = _levels(out, "probabilities")
     assert levels[0].shape == (2, *SHAPE) and levels[0].dtype == np.float16
-    expected = segment_to_file(raw[0], tmp_path / "plain.zarr", model, output_type="probs", **FAST)
+    expected = segment_to_file(
+        raw[0],
+        tmp_path / "plain.zarr",
+        model,
+        SegmentOptions(output_type="probs", **FAST),
+    )
     for c, name in enumerate(CLASSES):
         with open_volume(expected, name) as volume:
             np.testing.assert_array_equal(levels[0][c], volume[:])
@@ -154,7 +179,12 @@ def test_cli_probabilities_with_ome_switch(tmp_path, raw, model):
 
 
 def test_instances_per_class(tmp_path, raw, model, class_map):
-    out = segment_to_file(raw[0], tmp_path / "inst.ome.zarr", model, output_type="instances", **FAST)
+    out = segment_to_file(
+        raw[0],
+        tmp_path / "inst.ome.zarr",
+        model,
+        SegmentOptions(output_type="instances", **FAST),
+    )
     ids = {name: _levels(out, f"labels/{name}")[0] for name in CLASSES}
     for value, name in enumerate(CLASSES, start=1):
         assert ids[name].dtype == np.uint32
@@ -165,7 +195,12 @@ def test_instances_per_class(tmp_path, raw, model, class_map):
 
 def test_napari_ome_zarr_reader_scale(tmp_path, raw, model):
     reader = pytest.importorskip("napari_ome_zarr").napari_get_reader
-    out = segment_to_file(raw[0], tmp_path / "seg.ome.zarr", model, output_type="labels", **FAST)
+    out = segment_to_file(
+        raw[0],
+        tmp_path / "seg.ome.zarr",
+        model,
+        SegmentOptions(output_type="labels", **FAST),
+    )
     layers = reader(str(out))(str(out))
     assert [kind for _, _, kind in layers] == ["image", "labels", "labels"]
     for data, kwargs, _ in layers:
@@ -177,11 +212,21 @@ def test_napari_ome_zarr_reader_scale(tmp_path, raw, model):
 
 def test_refusals(tmp_path, raw, model):
     with pytest.raises(ValueError, match=r"OME-Zarr outputs are whole \.zarr stores"):
-        segment_to_file(raw[0], tmp_path / "out.h5", model, output_type="labels", ome=True, **FAST)
+        segment_to_file(
+            raw[0],
+            tmp_path / "out.h5",
+            model,
+            SegmentOptions(output_type="labels", ome=True, **FAST),
+        )
 
 
 def test_measure_refuses_the_ome_root_image_and_names_the_class_masks(tmp_path, raw, model, class_map):
-    out = segment_to_file(raw[0], tmp_path / "seg.ome.zarr", model, output_type="labels", **FAST)
+    out = segment_to_file(
+        raw[0],
+        tmp_path / "seg.ome.zarr",
+        model,
+        SegmentOptions(output_type="labels", **FAST),
+    )
     # The root is the input EM (for viewers): its gray values must not be measured as class codes.
     with pytest.raises(VolumeError, match=r"input EM, not labels.*seg\.ome\.zarr:labels/er"):
         measure_file(out, tmp_path / "objects.csv")

@@ -106,7 +106,7 @@ def test_pretrained_encoder_is_a_base_for_train_and_segment(tmp_path):
                      "--batch-size", "2", "--no-progress"]) == 0
     encoder = load_file(tmp_path / "runs" / "em" / "encoder.safetensors")
     model = build_model(tmp_path / "runs" / "em", 1)
-    assert model.build_options.finetune == "lora" and model.pretrained_base
+    assert model.info.build_options.finetune == "lora" and model.info.pretrained_base
     base = {k.replace(".base_layer.", "."): v for k, v in model.image_encoder.state_dict().items() if "lora_" not in k}
     assert base.keys() == encoder.keys() and all(torch.equal(base[k], encoder[k]) for k in encoder)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("image_encoder.")]
@@ -122,7 +122,7 @@ def test_pretrained_encoder_is_a_base_for_train_and_segment(tmp_path):
     })
     train(config, tmp_path / "run", progress=False)
     trained = load_model(tmp_path / "run")
-    assert trained.pretrained_base and trained.weights_source == str((tmp_path / "runs" / "em").resolve())
+    assert trained.info.pretrained_base and trained.info.weights_source == str((tmp_path / "runs" / "em").resolve())
     assert cli_main(["segment", volumes[0], str(tmp_path / "seg.tif"), "--model", str(tmp_path / "run")]) == 0
     assert tifffile.imread(tmp_path / "seg.tif").shape == image.shape
 

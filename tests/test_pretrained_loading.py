@@ -9,7 +9,8 @@ from transformers import Sam2VideoModel
 
 from sam4em.models import CheckpointError, build_model, load_model, save_model
 from sam4em.models.checkpoint_keys import meta_to_transformers, transformers_to_meta
-from sam4em.models.registry import get_spec, sam2_config
+from sam4em.models.compose import sam2_config
+from sam4em.models.registry import get_spec
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_build_from_meta_checkpoint_file(tiny_sam2, tmp_path):
     torch.save({"model": transformers_to_meta(tiny_sam2.state_dict())}, path)
     model = build_model(path, 2, base="test-tiny")
     _assert_loaded(model, tiny_sam2)
-    assert model.pretrained_base
+    assert model.info.pretrained_base
 
 
 def test_build_from_hugging_face_folder(tiny_sam2, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from sam4em.training import trainer
+from sam4em.training import stage, trainer
 from sam4em.training.config import config_from_dict
 from sam4em.training.schedule import StageBudget, budget_used, lr_factor
 
@@ -96,7 +96,7 @@ def test_time_budgeted_stage_ends_with_the_rate_at_its_floor(tmp_path: Path, mon
         "device": "cpu",
     })
     # Every read of the stage's clock is a quarter second later: the stage runs out of time after a few steps.
-    monkeypatch.setattr(trainer, "StageBudget", functools.partial(StageBudget, clock=_fake_clock(0.25)))
+    monkeypatch.setattr(stage, "StageBudget", functools.partial(StageBudget, clock=_fake_clock(0.25)))
     result = trainer.train(config, tmp_path / "run", progress=False)
     with (tmp_path / "run" / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -19,6 +19,7 @@ import tifffile
 from sam4em.claim import OutputClaimed, claim_file, claim_output
 from sam4em.cli import main
 from sam4em.inference.distributed import segment_to_file_dask
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import BLOCKS_DONE, COMPLETE, Interrupted, segment_to_file
 from sam4em.io import open_volume
 
@@ -46,21 +47,32 @@ def test_second_overwrite_run_while_one_writes_is_refused_and_first_run_unmixed(
     tmp_path: Path, image: Path
 ) -> None:
     output = tmp_path / "out.zarr"
-    segment_to_file(image, output, "test-tiny", **OPTIONS)  # an existing output, so both pass --overwrite
+    segment_to_file(image, output, "test-tiny", SegmentOptions(**OPTIONS))  # an existing output, so both pass --overwrite
     refusals: list[str] = []
 
     def second_run_between_blocks() -> bool:
         # Called by the first run before each of its blocks, i.e. while it holds its partial output.
         with pytest.raises(OutputClaimed) as refused:
-            segment_to_file(image, output, "test-tiny", overwrite=True, **{**OPTIONS, "output_type": "labels"})
+            segment_to_file(
+                image,
+                output,
+                "test-tiny",
+                SegmentOptions(overwrite=True, **{**OPTIONS, "output_type": "labels"}),
+            )
         refusals.append(str(refused.value))
         return False
 
-    segment_to_file(image, output, "test-tiny", overwrite=True, stop=second_run_between_blocks, **OPTIONS)
+    segment_to_file(
+        image,
+        output,
+        "test-tiny",
+        SegmentOptions(overwrite=True, **OPTIONS),
+        stop=second_run_between_blocks,
+    )
     assert len(refusals) == 3  # one per block of the first run
     assert str(output) in refusals[0] and "another sam4em run is writing it" in refusals[0]
     assert "\n" not in refusals[0]
-    segment_to_file(image, tmp_path / "reference.zarr", "test-tiny", **OPTIONS)
+    segment_to_file(image, tmp_path / "reference.zarr", "test-tiny", SegmentOptions(**OPTIONS))
     np.testing.assert_array_equal(_probs(output), _probs(tmp_path / "reference.zarr"))
     assert not list(tmp_path.glob(".*")), "claim file or partial left behind"
 
@@ -82,14 +94,14 @@ def test_dask_run_on_a_claimed_output_is_refused_before_any_worker_starts(tmp_pa
     output = tmp_path / "out.zarr"
     with claim_output(output), pytest.raises(OutputClaimed, match="another sam4em run"):
         # workers=0 would be refused when the cluster starts: the claim must refuse first.
-        segment_to_file_dask(image, output, "test-tiny", workers=0, **OPTIONS)
+        segment_to_file_dask(image, output, "test-tiny", SegmentOptions(**OPTIONS), workers=0)
 
 
 def test_claim_of_a_killed_run_does_not_block_its_resume(tmp_path: Path, image: Path) -> None:
     output = tmp_path / "out.zarr"
     calls = iter([False, True])  # one block, then stop: a partial output
     with pytest.raises(Interrupted):
-        segment_to_file(image, output, "test-tiny", stop=lambda: next(calls), **OPTIONS)
+        segment_to_file(image, output, "test-tiny", SegmentOptions(**OPTIONS), stop=lambda: next(calls))
     # A process that holds the claim (as a running segment does) and is then killed without cleanup.
     holder = subprocess.Popen(
         [sys.executable, "-c",
@@ -101,15 +113,15 @@ def test_claim_of_a_killed_run_does_not_block_its_resume(tmp_path: Path, image: 
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputClaimed, match=f"pid {holder.pid} "):
-            segment_to_file(image, output, "test-tiny", resume=True, **OPTIONS)
+            segment_to_file(image, output, "test-tiny", SegmentOptions(resume=True, **OPTIONS))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert claim_file(output).exists()  # a dead run's claim file stays behind ...
-    segment_to_file(image, output, "test-tiny", resume=True, **OPTIONS)  # ... and blocks nothing
+    segment_to_file(image, output, "test-tiny", SegmentOptions(resume=True, **OPTIONS))  # ... and blocks nothing
     with open_volume(output, "class1") as done:
         assert list(done.attrs[BLOCKS_DONE]) == [0, 1, 2]
-    segment_to_file(image, tmp_path / "reference.zarr", "test-tiny", **OPTIONS)
+    segment_to_file(image, tmp_path / "reference.zarr", "test-tiny", SegmentOptions(**OPTIONS))
     np.testing.assert_array_equal(_probs(output), _probs(tmp_path / "reference.zarr"))
     assert not claim_file(output).exists()
 

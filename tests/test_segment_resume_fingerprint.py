@@ -17,6 +17,7 @@ import torch
 
 from sam4em.cli import main
 from sam4em.inference.distributed import _cached_model
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import COMPLETE, Interrupted, segment_to_file
 from sam4em.io import VolumeError, open_volume
 from sam4em.models import build_model, save_model
@@ -46,8 +47,13 @@ def _save_run(folder: Path, *, perturbed: bool) -> None:
 def _interrupted_after_one_block(image: Path, output: Path, run: Path) -> None:
     calls = iter([False, True])
     with pytest.raises(Interrupted):
-        segment_to_file(image, output, run, output_type="probs", direction="forward", block_size=2,
-                        stop=lambda: next(calls))
+        segment_to_file(
+            image,
+            output,
+            run,
+            SegmentOptions(output_type="probs", direction="forward", block_size=2),
+            stop=lambda: next(calls),
+        )
 
 
 def test_resume_with_the_run_folder_retrained_in_place_is_refused_naming_the_weights(
@@ -78,15 +84,29 @@ def test_resume_with_the_run_folder_retrained_in_place_is_refused_naming_the_wei
 def test_overwrite_resume_of_a_partial_from_other_weights_is_refused(tmp_path: Path, image: Path) -> None:
     run, output = tmp_path / "run", tmp_path / "out.zarr"
     _save_run(run, perturbed=False)
-    segment_to_file(image, output, run, output_type="probs", direction="forward", block_size=2)
+    segment_to_file(
+        image,
+        output,
+        run,
+        SegmentOptions(output_type="probs", direction="forward", block_size=2),
+    )
     calls = iter([False, True])
     with pytest.raises(Interrupted):  # an --overwrite run stopped midway: a hidden partial sibling
-        segment_to_file(image, output, run, output_type="probs", direction="forward", block_size=2,
-                        overwrite=True, stop=lambda: next(calls))
+        segment_to_file(
+            image,
+            output,
+            run,
+            SegmentOptions(output_type="probs", direction="forward", block_size=2, overwrite=True),
+            stop=lambda: next(calls),
+        )
     _save_run(run, perturbed=True)
     with pytest.raises(VolumeError, match=r"sam4em-partial\.zarr: was started by another run \(different model weights\)"):
-        segment_to_file(image, output, run, output_type="probs", direction="forward", block_size=2,
-                        overwrite=True, resume=True)
+        segment_to_file(
+            image,
+            output,
+            run,
+            SegmentOptions(output_type="probs", direction="forward", block_size=2, overwrite=True, resume=True),
+        )
 
 
 def test_resume_with_the_same_model_given_another_way_is_accepted(tmp_path: Path, image: Path) -> None:
@@ -95,7 +115,12 @@ def test_resume_with_the_same_model_given_another_way_is_accepted(tmp_path: Path
     _save_run(run, perturbed=False)
     _interrupted_after_one_block(image, output, run)
     loaded = build_model(run)
-    segment_to_file(image, output, loaded, output_type="probs", direction="forward", block_size=2, resume=True)
+    segment_to_file(
+        image,
+        output,
+        loaded,
+        SegmentOptions(output_type="probs", direction="forward", block_size=2, resume=True),
+    )
     with open_volume(output, "class1") as done:
         assert done.attrs[COMPLETE] is True
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sam4em.evaluation.speed_benchmark import PARTS, part_times, speed_cases
 from sam4em.models import build_model
+from sam4em.workflows.speed_benchmark import PARTS, part_times, speed_cases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.postprocess import probs_to_labels
 from sam4em.inference.segment import segment_volume
 from sam4em.inference.streaming import BLOCKS_DONE, COMPLETE, Interrupted, segment_to_file
 from sam4em.io import VolumeError, create_volume, open_volume
-from sam4em.models import SAM4EM, save_model
+from sam4em.models import SAM4EM, BaselineOptions, ModelInfo, SegmentationModel, save_model
 
 SHAPE = (12, 80, 96)
 VOXEL_SIZE = (40.0, 8.0, 8.0)
@@ -76,7 +77,12 @@ def attrs_of(path: Path, key: str | None) -> dict:
 @pytest.fixture(scope="module")
 def blocked_both(tmp_path_factory: pytest.TempPathFactory, raw_path: Path, model: SAM4EM) -> np.ndarray:
     """The reference streaming run: both directions, blocks of 4, float16 probabilities."""
-    out = segment_to_file(raw_path, tmp_path_factory.mktemp("ref") / "probs.zarr", model, block_size=4)
+    out = segment_to_file(
+        raw_path,
+        tmp_path_factory.mktemp("ref") / "probs.zarr",
+        model,
+        SegmentOptions(block_size=4),
+    )
     return read_probs(out)
 
 
@@ -85,17 +91,30 @@ def blocked_forward(tmp_path_factory: pytest.TempPathFactory, raw_path: Path, mo
     """The cheaper reference for tests of storage, resuming and dask: forward, blocks of 4, float32."""
     out = tmp_path_factory.mktemp("ref") / "forward.zarr"
     return read_probs(
-        segment_to_file(raw_path, out, model, direction="forward", block_size=4, probs_dtype="float32")
+        segment_to_file(
+            raw_path,
+            out,
+            model,
+            SegmentOptions(direction="forward", block_size=4, probs_dtype="float32"),
+        )
     )
 
 
 def test_one_block_equals_segment_volume(tmp_path, raw_path, volume, model):
     expected = segment_volume(volume, model, direction="forward")
     exact = segment_to_file(
-        raw_path, tmp_path / "f32.zarr", model, direction="forward", block_size=16, probs_dtype="float32"
+        raw_path,
+        tmp_path / "f32.zarr",
+        model,
+        SegmentOptions(direction="forward", block_size=16, probs_dtype="float32"),
     )
     np.testing.assert_array_equal(read_probs(exact), expected)
-    half = segment_to_file(raw_path, tmp_path / "f16.zarr", model, direction="forward", block_size=16)
+    half = segment_to_file(
+        raw_path,
+        tmp_path / "f16.zarr",
+        model,
+        SegmentOptions(direction="forward", block_size=16),
+    )
     np.testing.assert_allclose(read_probs(half), expected, atol=FLOAT16_TOLERANCE)
 
 
@@ -107,20 +126,24 @@ def test_blocks_approximate_one_pass(raw_path, volume, model, blocked_both):
 def test_both_is_mean_of_forward_and_backward(tmp_path, raw_path, model, blocked_both, blocked_forward):
     forward = blocked_forward
     backward = read_probs(
-        segment_to_file(raw_path, tmp_path / "b.zarr", model, direction="backward", block_size=4)
+        segment_to_file(
+            raw_path,
+            tmp_path / "b.zarr",
+            model,
+            SegmentOptions(direction="backward", block_size=4),
+        )
     )
     assert np.abs(forward - backward).max() > 10 * FLOAT16_TOLERANCE
     assert np.abs(blocked_both - forward).max() > FLOAT16_TOLERANCE
     np.testing.assert_allclose(blocked_both, (forward + backward) / 2, atol=FLOAT16_TOLERANCE)
 
 
-class PixelModel(nn.Module):
+class PixelModel(SegmentationModel):
     """A per-pixel stand-in for SAM4EM (a 1x1 convolution, no memory): all `SlicePredictor` uses."""
 
     def __init__(self, image_size: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.image_size = image_size
-        self.num_classes = weight.shape[0]
+        options = BaselineOptions(num_classes=int(weight.shape[0]), image_size=image_size)
+        super().__init__(info=ModelInfo(base="pixel-test", build_options=options))
         self.conv = nn.Conv2d(1, self.num_classes, kernel_size=1)
         with torch.no_grad():
             self.conv.weight.copy_(weight.view(-1, 1, 1, 1))
@@ -143,7 +166,10 @@ def test_tiles_blend_without_seams(tmp_path):
     weight, bias = torch.tensor([8.0, -6.0]), torch.tensor([-4.0, 3.0])
     whole = segment_volume(stack, PixelModel(256, weight, bias), direction="forward")
     tiled = segment_to_file(
-        raw, tmp_path / "tiled.zarr", PixelModel(64, weight, bias), probs_dtype="float32", block_size=2
+        raw,
+        tmp_path / "tiled.zarr",
+        PixelModel(64, weight, bias),
+        SegmentOptions(probs_dtype="float32", block_size=2),
     )
     assert whole.std() > 0.1
     np.testing.assert_allclose(read_probs(tiled, ("class1", "class2")), whole, atol=1e-5)
@@ -154,15 +180,15 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, raw_path, model, block
     options = {"direction": "forward", "block_size": 4, "probs_dtype": "float32"}
     calls = iter([False, True])  # one block, then stop
     with pytest.raises(Interrupted, match="--resume"):
-        segment_to_file(raw_path, out, model, stop=lambda: next(calls), **options)
+        segment_to_file(raw_path, out, model, SegmentOptions(**options), stop=lambda: next(calls))
     partial = attrs_of(out, "mito")
     assert partial[COMPLETE] is False
     assert list(partial[BLOCKS_DONE]) == [0]
     with pytest.raises(VolumeError, match="already exists"):
-        segment_to_file(raw_path, out, model, **options)
+        segment_to_file(raw_path, out, model, SegmentOptions(**options))
     with pytest.raises(VolumeError, match=r"another run \(different block_size\)"):
-        segment_to_file(raw_path, out, model, resume=True, **{**options, "block_size": 6})
-    segment_to_file(raw_path, out, model, resume=True, **options)
+        segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **{**options, "block_size": 6}))
+    segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **options))
     finished = attrs_of(out, "er")
     assert finished[COMPLETE] is True
     assert list(finished[BLOCKS_DONE]) == [0, 1, 2]
@@ -184,13 +210,17 @@ def test_dask_client_with_one_worker_thread(tmp_path, raw_path, model, blocked_f
                 raw_path,
                 out,
                 model,
+                SegmentOptions(**options),
                 scheduler_address=cluster.scheduler_address,
                 stop=lambda: next(calls),
-                **options,
             )
         assert attrs_of(out, "mito")[BLOCKS_DONE] == [0, 1]
         segment_to_file_dask(
-            raw_path, out, model, scheduler_address=cluster.scheduler_address, resume=True, **options
+            raw_path,
+            out,
+            model,
+            SegmentOptions(resume=True, **options),
+            scheduler_address=cluster.scheduler_address,
         )
     assert attrs_of(out, "er")[COMPLETE] is True
     np.testing.assert_array_equal(read_probs(out), blocked_forward)
@@ -206,10 +236,8 @@ def test_two_dask_workers_equal_one_process(tmp_path, raw_path, model, blocked_f
         raw_path,
         tmp_path / "probs.zarr",
         run_dir,
+        SegmentOptions(direction="forward", block_size=4, probs_dtype="float32"),
         workers=2,
-        direction="forward",
-        block_size=4,
-        probs_dtype="float32",
     )
     assert attrs_of(out, "mito")[COMPLETE] is True
     np.testing.assert_allclose(read_probs(out), blocked_forward, atol=DASK_TOLERANCE)
@@ -218,7 +246,10 @@ def test_two_dask_workers_equal_one_process(tmp_path, raw_path, model, blocked_f
 @pytest.mark.parametrize("name", ["labels.zarr", "labels.h5", "labels.tif"])
 def test_label_formats_reopen(tmp_path, raw_path, model, blocked_forward, name):
     out = segment_to_file(
-        raw_path, tmp_path / name, model, output_type="labels", direction="forward", block_size=4
+        raw_path,
+        tmp_path / name,
+        model,
+        SegmentOptions(output_type="labels", direction="forward", block_size=4),
     )
     key = None if name.endswith(".tif") else "labels"
     with open_volume(out, key) as labels:
@@ -231,7 +262,10 @@ def test_label_formats_reopen(tmp_path, raw_path, model, blocked_forward, name):
 
 def test_probs_and_instances_reopen(tmp_path, raw_path, model):
     probs = segment_to_file(
-        raw_path, tmp_path / "p.zarr", model, classes=["er"], probs_dtype="uint8", direction="forward"
+        raw_path,
+        tmp_path / "p.zarr",
+        model,
+        SegmentOptions(classes=["er"], probs_dtype="uint8", direction="forward"),
     )
     with open_volume(probs, "er") as er:
         assert (er.shape, er.dtype, er.voxel_size) == (SHAPE, np.uint8, VOXEL_SIZE)
@@ -241,10 +275,7 @@ def test_probs_and_instances_reopen(tmp_path, raw_path, model):
         raw_path,
         tmp_path / "i.zarr",
         model,
-        output_type="instances",
-        min_size=5,
-        direction="forward",
-        block_size=4,
+        SegmentOptions(output_type="instances", min_size=5, direction="forward", block_size=4),
     )
     with open_volume(instances, "instances") as ids:
         assert (ids.shape, ids.dtype, ids.voxel_size) == (SHAPE, np.uint32, VOXEL_SIZE)
@@ -256,13 +287,13 @@ def test_refusals(tmp_path, raw_path, model):
     with pytest.raises(VolumeError, match="is the input volume"):
         segment_to_file(raw_path, raw_path, model)
     with pytest.raises(VolumeError, match="is the input volume"):
-        segment_to_file(f"{raw_path}:raw", f"{raw_path}:raw", model, output_type="labels")
+        segment_to_file(f"{raw_path}:raw", f"{raw_path}:raw", model, SegmentOptions(output_type="labels"))
     with pytest.raises(VolumeError, match="no extension"):
-        segment_to_file(raw_path, tmp_path / "labels", model, output_type="labels")
+        segment_to_file(raw_path, tmp_path / "labels", model, SegmentOptions(output_type="labels"))
     with pytest.raises(VolumeError, match="container"):
         segment_to_file(raw_path, tmp_path / "probs.tif", model)
     with pytest.raises(ValueError, match="unknown class"):
-        segment_to_file(raw_path, tmp_path / "p.zarr", model, classes=["glia"])
+        segment_to_file(raw_path, tmp_path / "p.zarr", model, SegmentOptions(classes=["glia"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -278,12 +309,12 @@ def test_overwrite_swaps_only_when_complete(tmp_path, raw_path, model, blocked_f
             stop.set()
 
     with pytest.raises(Interrupted):
-        segment_to_file(raw_path, out, model, progress=progress, stop=stop, **options)
+        segment_to_file(raw_path, out, model, SegmentOptions(**options), progress=progress, stop=stop)
     with open_volume(out) as old:
         assert old.shape == (2, 3, 4) and (old[:] == 7).all() and dict(old.attrs) == {"note": "old"}
     with pytest.raises(VolumeError, match="--overwrite --resume"):
-        segment_to_file(raw_path, out, model, resume=True, **{**options, "overwrite": False})
-    segment_to_file(raw_path, out, model, resume=True, **options)
+        segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **{**options, "overwrite": False}))
+    segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **options))
     with open_volume(out) as new:
         assert new.shape == SHAPE and new.attrs[COMPLETE] and "note" not in new.attrs
         np.testing.assert_array_equal(new[:], probs_to_labels(blocked_forward))

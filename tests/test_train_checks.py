@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from sam4em.claim import claim_output
 from sam4em.cli import main
 from sam4em.models import load_model
-from sam4em.training import trainer
 from sam4em.training.config import ConfigError, config_from_dict, load_config
+from sam4em.training.step import StepLoss
 from sam4em.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,18 +151,18 @@ def test_config_that_would_fail_in_stage_2_fails_before_training(tmp_path, capsy
 
 def test_failed_stage_2_still_leaves_a_usable_stage_1_model(tmp_path, monkeypatch):
     config = config_from_dict(_data(tmp_path))
-    original = trainer._StepLoss.forward
+    original = StepLoss.forward
 
     def failing_in_clips(self, image, targets, valid):
         if self.clip:
             raise RuntimeError("simulated failure in stage 2")
         return original(self, image, targets, valid)
 
-    monkeypatch.setattr(trainer._StepLoss, "forward", failing_in_clips)
+    monkeypatch.setattr(StepLoss, "forward", failing_in_clips)
     with pytest.raises(RuntimeError, match="simulated"):
         train(config, tmp_path / "run", progress=False)
     model = load_model(tmp_path / "run")  # what `sam4em segment --model RUN` does
-    assert model.class_names == ["mito"]
+    assert model.info.class_names == ("mito",)
     best1 = load_file(tmp_path / "run" / "checkpoints" / "best_stage1.safetensors")
     assert all(torch.equal(best1[k], v) for k, v in model.state_dict().items())
     selection = _selection(tmp_path / "run")
@@ -230,7 +230,7 @@ def _check_finished(run: Path) -> None:
     stages = {r["stage"] for r in _rows(run)}
     assert stages == {"1", "2"}, stages
     assert _selection(run)["complete"] is True
-    assert load_model(run).class_names
+    assert load_model(run).info.class_names
 
 
 @pytest.mark.data

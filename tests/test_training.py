@@ -86,7 +86,7 @@ def test_both_stages_on_real_lucchi_crop(data_dir, tmp_path):
     assert rows[-1]["val_dice_mito"] != ""
     assert set(result.best_scores) == {1, 2}
     model = load_model(run)
-    assert model.class_names == ["mito"]
+    assert model.info.class_names == ("mito",)
     text = (run / "config.yaml").read_text()
     assert "model:" in text and "train:" in text
 

@@ -24,6 +24,7 @@ API:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -75,7 +76,8 @@ def digest_state(state: Mapping[str, torch.Tensor]) -> str:
         # Names, dtype and shape delimit each tensor, so moving bytes between tensors changes the digest.
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         # Bytes via a uint8 view: numpy has no bfloat16, and a view copies nothing.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        # (numpy's stubs declare the buffer protocol for Python >= 3.12 only)
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     return digest.hexdigest()
 
 
@@ -89,7 +91,7 @@ def digest_file(path: str | os.PathLike[str]) -> str:
         # Name and size delimit each file, so moving bytes between files changes the digest too.
         digest.update(f"{name}\0{file.stat().st_size}\0".encode())
         with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            for block in iter(functools.partial(f.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 

@@ -92,11 +92,12 @@ class UnlabelledCrops(Dataset[dict[str, torch.Tensor]]):
         volume, spec = self._volume(index), self.volumes[index]
         if len(volume.shape) != 3:
             raise ValueError(f"{spec}: expected a (Z, Y, X) volume, got shape {tuple(volume.shape)}; pass the gray image volume")
-        shape = tuple(int(n) for n in volume.shape)
+        depth, height, width = (int(n) for n in volume.shape)
+        shape = (depth, height, width)
         z_range = spec.z_range or (0, shape[0])
         if not 0 <= z_range[0] < z_range[1] <= shape[0]:
             raise ValueError(f"{spec}: z-range {z_range[0]}-{z_range[1]} is outside its {shape[0]} slices; fix the @Z0-Z1 suffix")
-        return _Info(shape, z_range, volume_percentiles(volume, z_range=z_range))  # type: ignore[arg-type]
+        return _Info(shape, z_range, volume_percentiles(volume, z_range=z_range))
 
     def crop(self, index: int) -> np.ndarray:
         """Item `index` as a (S, S) float32 array in ~[0, 1], before flips."""

@@ -1,47 +1,47 @@
 """Evaluate a predicted EM volume against its ground truth, class by class, reading chunks along z.
 
-:func:`evaluate_volumes` runs every metric of :mod:`~sam4em.evaluation.metrics`,
-:mod:`~sam4em.evaluation.instance_metrics` and :mod:`~sam4em.evaluation.consistency` while holding
-only ``chunk_slices`` slices (plus one halo slice on each side) in memory. Everything is exact, not
-approximated per chunk: confusion counts and per-slice counts are summed, flicker carries the last
-slice of the previous chunk, connected components are labelled per chunk and joined across chunk
-borders with the same connectivity, and surface distances are computed from the collected surface
-voxel coordinates (a k-d tree; equal to the distance-transform computation on the whole volume).
-Memory therefore grows with the number of surface voxels and instances, not with the volume.
+:func:`evaluate_volumes` runs every registered streaming metric
+(:mod:`~sam4em.evaluation.metric_registry`: overlap, surface distances, instances, flicker, and any
+added) while holding only ``chunk_slices`` slices (plus one halo slice on each side) in memory.
+Everything is exact, not approximated per chunk (the
+:class:`~sam4em.evaluation.streaming_metric.StreamingMetric` contract): confusion counts and
+per-slice counts are summed, flicker carries the last slice of the previous chunk, connected
+components are labelled per chunk and joined across chunk borders with the same connectivity, and
+surface distances are computed from the collected surface voxel coordinates (a k-d tree; equal to
+the distance-transform computation on the whole volume). Memory therefore grows with the number
+of surface voxels and instances, not with the volume.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import sparse
-from scipy.sparse.csgraph import connected_components
 
-from sam4em.evaluation.consistency import compare_flicker, slice_change
 from sam4em.evaluation.input_checks import CodeTally, check_probabilities
-from sam4em.evaluation.instance_metrics import (
-    Contingency,
-    connectivity_structure,
-    contingency_from_pairs,
-    instance_scores_from_contingency,
-    label_instances,
-)
-from sam4em.evaluation.metrics import (
-    SemanticCounts,
-    check_same_shape,
-    normalize_voxel_size,
-    slice_counts,
-    slice_mean_scores,
-    surface_distances_from_points,
-    surface_voxels,
+from sam4em.evaluation.metric_registry import METRICS
+from sam4em.evaluation.metrics import check_same_shape, normalize_voxel_size
+from sam4em.evaluation.streaming_metric import (
+    ChunkBounds,
+    ClassChunk,
+    MetricContext,
+    ScoreValue,
+    StreamingMetric,
+    chunk_bounds,
 )
 
-__all__ = ["VolumeLike", "evaluate_volumes", "format_table"]
+__all__ = [
+    "ClassScores",
+    "Evaluation",
+    "VolumeLike",
+    "default_pred_classes",
+    "evaluate_volumes",
+    "format_table",
+]
 
 
 class VolumeLike(Protocol):
@@ -56,178 +56,81 @@ class VolumeLike(Protocol):
     def __getitem__(self, key: Any) -> Any: ...
 
 
-def _join_map(n_labels: int, edges: list[NDArray[np.int64]]) -> NDArray[np.int64]:
-    """Map provisional labels 0..n to final labels; labels joined by an edge end up equal, 0 stays 0."""
-    if n_labels == 0:
-        return np.zeros(1, dtype=np.int64)
-    pairs = np.concatenate(edges) if edges else np.empty((0, 2), dtype=np.int64)
-    graph = sparse.coo_array(
-        (np.ones(len(pairs)), (pairs[:, 0] - 1, pairs[:, 1] - 1)), shape=(n_labels, n_labels)
-    )
-    _, component = connected_components(graph, directed=False)
-    return np.concatenate([[0], component.astype(np.int64) + 1])
+@dataclass(frozen=True)
+class ClassScores:
+    """The scores of one class: each metric's typed result, and all of them as one flat dict."""
+
+    #: metric name -> its typed result (e.g. ``"surface"`` -> :class:`~sam4em.evaluation.SurfaceDistances`).
+    results: dict[str, Any]
+    #: key -> number, in output order (dice, iou, ..., flicker_diff, then added metrics' keys).
+    values: dict[str, ScoreValue]
 
 
-def _touching_labels(
-    below: NDArray[np.int64], above: NDArray[np.int64], plane: NDArray[np.bool_]
-) -> NDArray[np.int64]:
-    """Label pairs (label in slice z, label in slice z+1) that touch under the neighbourhood ``plane``.
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_volumes` computed; :meth:`as_dict` is its JSON form."""
 
-    ``plane`` is the (3, 3) z+1 layer of the 3D structuring element: offsets (dy, dx) that connect.
-    """
-    height, width = below.shape
-    # One int64 key per pair: a 1D unique is much faster than np.unique(axis=0) on many pairs.
-    base = int(above.max()) + 1
-    keys = []
-    for dy, dx in np.argwhere(plane) - 1:
-        a = below[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
-        b = above[max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)]
-        both = (a > 0) & (b > 0)
-        keys.append(a[both] * base + b[both])
-    unique = np.unique(np.concatenate(keys))
-    return np.stack([unique // base, unique % base], axis=1)
+    shape: tuple[int, ...]
+    voxel_size: tuple[float, ...] | None
+    distance_unit: str
+    threshold: float
+    connectivity: int
+    chunk_slices: int
+    classes: dict[str, ClassScores]
 
-
-@dataclass
-class _StreamingLabels:
-    """Connected components of one binary volume fed slab by slab, with their overlaps."""
-
-    connectivity: int | None
-    n_labels: int = 0
-    edges: list[NDArray[np.int64]] = field(default_factory=list)
-    last_slice: NDArray[np.int64] | None = None
-
-    def add(self, slab: NDArray[np.bool_]) -> NDArray[np.int64]:
-        labels, n = label_instances(slab, self.connectivity)
-        labels[labels > 0] += self.n_labels
-        if self.last_slice is not None and slab.shape[0] > 0:
-            plane = connectivity_structure(3, self.connectivity)[2]
-            self.edges.append(_touching_labels(self.last_slice, labels[0], plane))
-        if slab.shape[0] > 0:
-            self.last_slice = labels[-1].copy()
-        self.n_labels += n
-        return labels
-
-
-@dataclass
-class _ClassAccumulator:
-    """Running state of every metric for one class."""
-
-    connectivity: int | None
-    counts: list[NDArray[np.int64]] = field(default_factory=list)
-    pred_surface: list[NDArray[np.float64]] = field(default_factory=list)
-    gt_surface: list[NDArray[np.float64]] = field(default_factory=list)
-    pred_change_sum: float = 0.0
-    gt_change_sum: float = 0.0
-    n_slice_pairs: int = 0
-    last_pred: NDArray[np.bool_] | None = None
-    last_gt: NDArray[np.bool_] | None = None
-    overlaps: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]] = field(
-        default_factory=list
-    )
-    pred_labels: _StreamingLabels = field(init=False)
-    gt_labels: _StreamingLabels = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pred_labels = _StreamingLabels(self.connectivity)
-        self.gt_labels = _StreamingLabels(self.connectivity)
-
-    def add(
-        self,
-        pred_block: NDArray[np.bool_],
-        gt_block: NDArray[np.bool_],
-        mask_block: NDArray[np.bool_] | None,
-        core: slice,
-        z_offset: int,
-        spacing: tuple[float, ...],
-    ) -> None:
-        """Add one block: ``core`` selects its own slices, the rest is halo for surface detection."""
-        pred, gt = pred_block[core], gt_block[core]
-        self.counts.append(slice_counts(pred, gt, None if mask_block is None else mask_block[core]))
-        for block, points in ((pred_block, self.pred_surface), (gt_block, self.gt_surface)):
-            coords = np.argwhere(surface_voxels(block)[core]).astype(np.float64)
-            coords[:, 0] += z_offset
-            points.append(coords * np.asarray(spacing))
-        self._add_flicker(pred, gt)
-        pred_ids = self.pred_labels.add(pred).ravel()
-        gt_ids = self.gt_labels.add(gt).ravel()
-        chunk = (
-            sparse.coo_array(
-                (np.ones(pred_ids.size, dtype=np.int64), (pred_ids, gt_ids)),
-                shape=(self.pred_labels.n_labels + 1, self.gt_labels.n_labels + 1),
-            )
-            .tocsr()
-            .tocoo()
-        )
-        self.overlaps.append((chunk.row.astype(np.int64), chunk.col.astype(np.int64), chunk.data))
-
-    def _add_flicker(self, pred: NDArray[np.bool_], gt: NDArray[np.bool_]) -> None:
-        if pred.shape[0] == 0:
-            return
-        if self.last_pred is not None and self.last_gt is not None:
-            pred, gt = np.concatenate([self.last_pred[None], pred]), np.concatenate([self.last_gt[None], gt])
-        pred_changes, gt_changes = slice_change(pred), slice_change(gt)
-        self.pred_change_sum += float(pred_changes.sum())
-        self.gt_change_sum += float(gt_changes.sum())
-        self.n_slice_pairs += pred_changes.size
-        self.last_pred, self.last_gt = pred[-1].copy(), gt[-1].copy()
-
-    def contingency(self) -> Contingency:
-        pred_map = _join_map(self.pred_labels.n_labels, self.pred_labels.edges)
-        gt_map = _join_map(self.gt_labels.n_labels, self.gt_labels.edges)
-        if self.overlaps:
-            rows, cols, data = (np.concatenate(parts) for parts in zip(*self.overlaps, strict=True))
-        else:
-            rows = cols = data = np.empty(0, dtype=np.int64)
-        return contingency_from_pairs(
-            pred_map[rows], gt_map[cols], data, int(pred_map.max()), int(gt_map.max())
-        )
-
-    def results(self) -> dict[str, float | int]:
-        per_slice = np.concatenate(self.counts) if self.counts else np.zeros((0, 4), dtype=np.int64)
-        tp, fp, fn, tn = (int(v) for v in per_slice.sum(axis=0))
-        counts = SemanticCounts(tp, fp, fn, tn)
-        dice_mean, iou_mean = slice_mean_scores(per_slice)
-        distances = surface_distances_from_points(
-            np.concatenate([np.empty((0, 3)), *self.pred_surface]),
-            np.concatenate([np.empty((0, 3)), *self.gt_surface]),
-        )
-        instances = instance_scores_from_contingency(self.contingency())
-        n_pairs = self.n_slice_pairs
-        flicker = compare_flicker(
-            self.pred_change_sum / n_pairs if n_pairs else 0.0,
-            self.gt_change_sum / n_pairs if n_pairs else 0.0,
-        )
+    def as_dict(self) -> dict[str, Any]:
         return {
-            "dice": counts.dice,
-            "iou": counts.iou,
-            "dice_slice_mean": dice_mean,
-            "iou_slice_mean": iou_mean,
-            "precision": counts.precision,
-            "recall": counts.recall,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-            "hd95": distances.hd95,
-            "assd": distances.assd,
-            "hausdorff": distances.hausdorff,
-            "n_pred_instances": instances.n_pred,
-            "n_gt_instances": instances.n_gt,
-            "ap50": instances.ap50,
-            "ap75": instances.ap75,
-            "msa": instances.msa,
-            "voi_split": instances.voi_split,
-            "voi_merge": instances.voi_merge,
-            "voi": instances.voi,
-            "arand": instances.arand,
-            "rand_precision": instances.rand_precision,
-            "rand_recall": instances.rand_recall,
-            "flicker_pred": flicker.pred,
-            "flicker_gt": flicker.gt,
-            "flicker_ratio": flicker.ratio,
-            "flicker_diff": flicker.difference,
+            "shape": self.shape,
+            "voxel_size": self.voxel_size,
+            "distance_unit": self.distance_unit,
+            "threshold": self.threshold,
+            "connectivity": self.connectivity,
+            "chunk_slices": self.chunk_slices,
+            "classes": {name: dict(scores.values) for name, scores in self.classes.items()},
         }
+
+
+def default_pred_classes(classes: Mapping[str, int], *, channels: bool) -> dict[str, int]:
+    """The prediction's code of each class when none are given: the same from Python, the CLI and napari.
+
+    A channel stack (C, Z, Y, X) holds the classes in the order of ``classes`` (channel 0, 1, ...);
+    a label map holds the k-th class as ``k + 1`` (1..C), as ``sam4em segment --output-type labels``
+    numbers them, whatever the ground truth's codes. This is the default because a prediction's codes
+    are the predictor's choice, not the annotation's: most tools write 1..C (a binary mask is 0/1), and
+    a map with other codes (a 0/255 mask) is refused with the fix (``pred_classes``) rather than
+    scored as empty (:mod:`~sam4em.evaluation.input_checks`).
+    """
+    return {name: i if channels else i + 1 for i, name in enumerate(classes)}
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked inputs: (Z, Y, X) ground truth, prediction with or without channels, optional mask."""
+
+    pred: VolumeLike
+    gt: VolumeLike
+    mask: VolumeLike | None
+    classes: dict[str, int]
+    pred_ids: dict[str, int]
+    threshold: float
+    shape: tuple[int, ...]
+
+    @property
+    def has_channels(self) -> bool:
+        return len(self.pred.shape) == 4
+
+    @property
+    def pred_kind(self) -> str:
+        return str(np.dtype(self.pred.dtype).kind)
+
+    def foreground(self, pred_block: NDArray[Any], name: str) -> NDArray[np.bool_]:
+        """Class ``name``'s foreground in a block of the prediction (see :func:`evaluate_volumes`)."""
+        block = pred_block[self.pred_ids[name]] if self.has_channels else pred_block
+        if self.pred_kind == "f":
+            return np.asarray(block >= self.threshold)
+        if self.has_channels or self.pred_kind == "b":
+            return np.asarray(block != 0)
+        return np.asarray(block == self.pred_ids[name])
 
 
 def _promote_2d(
@@ -240,6 +143,119 @@ def _promote_2d(
     if voxel_size is not None and np.ndim(voxel_size) == 1:
         voxel_size = (1.0, *np.asarray(voxel_size, dtype=np.float64).tolist())
     return pred_arr, gt_arr, mask_arr, voxel_size
+
+
+def _check_inputs(
+    pred: VolumeLike,
+    gt: VolumeLike,
+    mask: VolumeLike | None,
+    classes: Mapping[str, int],
+    pred_classes: Mapping[str, int] | None,
+    threshold: float,
+) -> _Inputs:
+    """Shapes, classes and prediction kind, checked before anything is read."""
+    if len(gt.shape) != 3:
+        raise ValueError(f"ground truth must be (Z, Y, X), got shape {tuple(gt.shape)}")
+    gt_shape = tuple(int(s) for s in gt.shape)
+    if len(pred.shape) not in (3, 4):
+        raise ValueError(f"prediction must be (Z, Y, X) or (C, Z, Y, X), got shape {tuple(pred.shape)}")
+    check_same_shape(tuple(pred.shape)[-3:], gt_shape, (_named(pred, "prediction"), _named(gt, "ground truth")))
+    if mask is not None:
+        check_same_shape(tuple(mask.shape), gt_shape, (_named(mask, "mask"), _named(gt, "ground truth")))
+    if not classes:
+        raise ValueError("classes must name at least one class")
+    has_channels = len(pred.shape) == 4
+    pred_ids = dict(default_pred_classes(classes, channels=has_channels) if pred_classes is None else pred_classes)
+    missing = sorted(set(classes) - set(pred_ids))
+    if missing:
+        raise ValueError(f"pred_classes lacks classes {missing}")
+    if not has_channels and np.dtype(pred.dtype).kind in "fb" and len(classes) > 1:
+        raise ValueError(
+            "a (Z, Y, X) floating or boolean prediction holds one class; pass (C, Z, Y, X) or a label volume"
+        )
+    return _Inputs(pred, gt, mask, dict(classes), pred_ids, threshold, gt_shape)
+
+
+class _CodeChecks:
+    """The input checks of :mod:`~sam4em.evaluation.input_checks`, fed the chunks evaluation reads."""
+
+    def __init__(self, inputs: _Inputs) -> None:
+        self.inputs = inputs
+        self.pred_name = _named(inputs.pred, "prediction")
+        self.gt_codes = CodeTally(inputs.classes, _named(inputs.gt, "ground truth"))
+        label_map = not inputs.has_channels and inputs.pred_kind in "iu"
+        self.pred_codes = CodeTally(inputs.pred_ids, self.pred_name) if label_map else None
+
+    def add(self, gt_core: NDArray[Any], pred_block: NDArray[Any], core: slice) -> None:
+        self.gt_codes.add(gt_core)
+        if self.pred_codes is not None:
+            self.pred_codes.add(pred_block[core])
+        if self.inputs.pred_kind == "f":
+            check_probabilities(pred_block, self.pred_name)
+
+    def finish(self, chunk_slices: int, allow_absent_classes: bool) -> None:
+        self.gt_codes.check_ground_truth(self.inputs.gt, chunk_slices, allow_absent_classes)
+        if self.pred_codes is not None:
+            self.pred_codes.check_prediction()
+
+
+def _read_chunk(
+    inputs: _Inputs, bounds: ChunkBounds
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.bool_] | None]:
+    """Ground truth, prediction and mask of one chunk with its halo slices (h0:h1)."""
+    h0, h1 = bounds.h0, bounds.h1
+    gt_block = np.asarray(inputs.gt[h0:h1])
+    pred_block = np.asarray(inputs.pred[:, h0:h1] if inputs.has_channels else inputs.pred[h0:h1])
+    mask_block = None if inputs.mask is None else np.asarray(inputs.mask[h0:h1]).astype(bool, copy=False)
+    return gt_block, pred_block, mask_block
+
+
+def _class_chunk(
+    inputs: _Inputs,
+    name: str,
+    blocks: tuple[NDArray[Any], NDArray[Any], NDArray[np.bool_] | None],
+    bounds: ChunkBounds,
+) -> ClassChunk:
+    """Class ``name``'s masked foreground in one chunk, as every metric sees it."""
+    gt_block, pred_block, mask_block = blocks
+    pred_fg, gt_fg = inputs.foreground(pred_block, name), gt_block == inputs.classes[name]
+    if mask_block is not None:
+        pred_fg, gt_fg = pred_fg & mask_block, gt_fg & mask_block
+    return ClassChunk(pred_fg, gt_fg, mask_block, bounds.core, bounds.z0)
+
+
+def _run_metrics(
+    inputs: _Inputs,
+    context: MetricContext,
+    chunk_slices: int,
+    progress: Callable[[int, int], None] | None,
+    allow_absent_classes: bool,
+) -> dict[str, ClassScores]:
+    """Feed every chunk of every class to every registered metric; then check the codes seen."""
+    metrics: dict[str, list[StreamingMetric[Any]]] = {
+        name: [metric(context) for metric in METRICS.values()] for name in inputs.classes
+    }
+    checks = _CodeChecks(inputs)
+    n_slices = inputs.shape[0]
+    for bounds in chunk_bounds(n_slices, chunk_slices):
+        blocks = _read_chunk(inputs, bounds)
+        checks.add(blocks[0][bounds.core], blocks[1], bounds.core)
+        for name, class_metrics in metrics.items():
+            chunk = _class_chunk(inputs, name, blocks, bounds)
+            for metric in class_metrics:
+                metric.add(chunk)
+        if progress is not None:
+            progress(bounds.z1, n_slices)
+    checks.finish(chunk_slices, allow_absent_classes)
+    return {name: _class_scores(class_metrics) for name, class_metrics in metrics.items()}
+
+
+def _class_scores(metrics: Sequence[StreamingMetric[Any]]) -> ClassScores:
+    results = {metric.name: metric.result() for metric in metrics}
+    values: dict[str, ScoreValue] = {}
+    for metric in metrics:
+        values.update(metric.values(results[metric.name]))
+    return ClassScores(results, values)
 
 
 def evaluate_volumes(
@@ -267,8 +283,9 @@ def evaluate_volumes(
               ``>= threshold`` resp. the mask itself.
         gt: (Z, Y, X) semantic label volume; class ``name``'s foreground is ``gt == classes[name]``.
         classes: class name -> label value in ``gt``, e.g. ``{"mitochondria": 1}``.
-        pred_classes: class name -> label value / channel in ``pred``; default: channels in the order of
-            ``classes`` for (C, Z, Y, X), else the ground truth's codes ``classes``.
+        pred_classes: class name -> label value / channel in ``pred``; default
+            (:func:`default_pred_classes`, also the CLI's): channels in the order of ``classes`` for
+            (C, Z, Y, X), codes ``1..C`` in that order for a label map.
         threshold: binarisation threshold of floating predictions.
         voxel_size: (z, y, x) voxel size in nm (or one number for isotropic voxels); surface
             distances are then in nm. None: distances in voxels.
@@ -283,12 +300,13 @@ def evaluate_volumes(
         2D (Y, X) inputs (prediction (Y, X) or (C, Y, X)) are evaluated as one slice.
 
     Returns:
-        ``{"shape": (Z, Y, X), "voxel_size": (z, y, x) or None, "distance_unit": "nm" or "voxel",
-        "threshold", "connectivity", "chunk_slices", "classes": {name: metrics}}`` where metrics has
-        the keys dice, iou, dice_slice_mean, iou_slice_mean, precision, recall, tp, fp, fn, tn,
-        hd95, assd, hausdorff, n_pred_instances, n_gt_instances, ap50, ap75, msa, voi_split,
-        voi_merge, voi, arand, rand_precision, rand_recall, flicker_pred, flicker_gt, flicker_ratio,
-        flicker_diff (definitions and empty-volume conventions in the metric modules).
+        :meth:`Evaluation.as_dict`: ``{"shape": (Z, Y, X), "voxel_size": (z, y, x) or None,
+        "distance_unit": "nm" or "voxel", "threshold", "connectivity", "chunk_slices",
+        "classes": {name: metrics}}`` where metrics has the keys of every registered metric: dice,
+        iou, dice_slice_mean, iou_slice_mean, precision, recall, tp, fp, fn, tn, hd95, assd,
+        hausdorff, n_pred_instances, n_gt_instances, ap50, ap75, msa, voi_split, voi_merge, voi,
+        arand, rand_precision, rand_recall, flicker_pred, flicker_gt, flicker_ratio, flicker_diff
+        (definitions and empty-volume conventions in the metric modules).
 
     Raises:
         ValueError: on shape mismatches (naming both shapes), unknown classes or ambiguous inputs,
@@ -298,80 +316,21 @@ def evaluate_volumes(
     """
     if len(gt.shape) == 2:
         pred, gt, mask, voxel_size = _promote_2d(pred, gt, mask, voxel_size)
-    if len(gt.shape) != 3:
-        raise ValueError(f"ground truth must be (Z, Y, X), got shape {tuple(gt.shape)}")
-    gt_shape = tuple(int(s) for s in gt.shape)
-    has_channels = len(pred.shape) == 4
-    if len(pred.shape) not in (3, 4):
-        raise ValueError(f"prediction must be (Z, Y, X) or (C, Z, Y, X), got shape {tuple(pred.shape)}")
-    check_same_shape(tuple(pred.shape)[-3:], gt_shape, (_named(pred, "prediction"), _named(gt, "ground truth")))
-    if mask is not None:
-        check_same_shape(tuple(mask.shape), gt_shape, (_named(mask, "mask"), _named(gt, "ground truth")))
-    if not classes:
-        raise ValueError("classes must name at least one class")
-    if pred_classes is None:
-        # A channel stack lists the classes in order; a label map is assumed to use the gt's codes.
-        pred_classes = {name: i for i, name in enumerate(classes)} if has_channels else classes
-    pred_ids = dict(pred_classes)
-    missing = sorted(set(classes) - set(pred_ids))
-    if missing:
-        raise ValueError(f"pred_classes lacks classes {missing}")
-    pred_kind = np.dtype(pred.dtype).kind
-    if not has_channels and pred_kind in "fb" and len(classes) > 1:
-        raise ValueError(
-            "a (Z, Y, X) floating or boolean prediction holds one class; pass (C, Z, Y, X) or a label volume"
-        )
+    inputs = _check_inputs(pred, gt, mask, classes, pred_classes, threshold)
     if chunk_slices is not None and chunk_slices < 1:
         raise ValueError(f"chunk_slices must be at least 1, got {chunk_slices}")
     spacing = normalize_voxel_size(voxel_size, 3)
-
-    def foreground(block: NDArray[Any], name: str) -> NDArray[np.bool_]:
-        if has_channels:
-            block = block[pred_ids[name]]
-        if pred_kind == "f":
-            return block >= threshold
-        if has_channels or pred_kind == "b":
-            return block != 0
-        return block == pred_ids[name]
-
-    n_slices = gt_shape[0]
-    step = chunk_slices or max(n_slices, 1)
-    accumulators = {name: _ClassAccumulator(connectivity) for name in classes}
-    pred_name = _named(pred, "prediction")
-    gt_codes = CodeTally(classes, _named(gt, "ground truth"))
-    pred_codes = CodeTally(pred_ids, pred_name) if not has_channels and pred_kind in "iu" else None
-    for z0 in range(0, n_slices, step):
-        z1 = min(z0 + step, n_slices)
-        # One halo slice on each side so surface voxels at chunk borders see their real neighbours.
-        h0, h1 = max(z0 - 1, 0), min(z1 + 1, n_slices)
-        gt_block = np.asarray(gt[h0:h1])
-        pred_block = np.asarray(pred[:, h0:h1] if has_channels else pred[h0:h1])
-        mask_block = None if mask is None else np.asarray(mask[h0:h1]).astype(bool, copy=False)
-        core = slice(z0 - h0, z1 - h0)
-        gt_codes.add(gt_block[core])
-        if pred_codes is not None:
-            pred_codes.add(pred_block[core])
-        if pred_kind == "f":
-            check_probabilities(pred_block, pred_name)
-        for name, accumulator in accumulators.items():
-            pred_fg, gt_fg = foreground(pred_block, name), gt_block == classes[name]
-            if mask_block is not None:
-                pred_fg, gt_fg = pred_fg & mask_block, gt_fg & mask_block
-            accumulator.add(pred_fg, gt_fg, mask_block, core, z0, spacing)
-        if progress is not None:
-            progress(z1, n_slices)
-    gt_codes.check_ground_truth(gt, step, allow_absent_classes)
-    if pred_codes is not None:
-        pred_codes.check_prediction()
-    return {
-        "shape": gt_shape,
-        "voxel_size": None if voxel_size is None else spacing,
-        "distance_unit": "voxel" if voxel_size is None else "nm",
-        "threshold": threshold,
-        "connectivity": 3 if connectivity is None else connectivity,
-        "chunk_slices": step,
-        "classes": {name: accumulator.results() for name, accumulator in accumulators.items()},
-    }
+    step = chunk_slices or max(inputs.shape[0], 1)
+    scores = _run_metrics(inputs, MetricContext(connectivity, spacing), step, progress, allow_absent_classes)
+    return Evaluation(
+        shape=inputs.shape,
+        voxel_size=None if voxel_size is None else spacing,
+        distance_unit="voxel" if voxel_size is None else "nm",
+        threshold=threshold,
+        connectivity=3 if connectivity is None else connectivity,
+        chunk_slices=step,
+        classes=scores,
+    ).as_dict()
 
 
 def _named(volume: Any, role: str) -> str:

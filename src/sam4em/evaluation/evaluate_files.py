@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
-import numpy as np
-
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.evaluation.evaluate import evaluate_volumes
 from sam4em.evaluation.prediction_input import open_prediction
@@ -56,8 +54,9 @@ def evaluate_files(
         pred, gt, mask: volume paths, ``path:key`` for containers (or the ``*_key`` arguments).
         classes: ground-truth codes, ``"mito=255,synapse=223"`` or ``{"mito": 255}``.
         pred_classes: codes of a label-map prediction sam4em did not write; default ``1..C`` in the
-            order of ``classes`` (as ``sam4em segment --output-type labels`` numbers them). sam4em
-            outputs record their classes, so it is refused for them.
+            order of ``classes`` (as ``sam4em segment --output-type labels`` numbers them; the one
+            default of :func:`~sam4em.evaluation.evaluate.default_pred_classes`, as in
+            :func:`evaluate_volumes`). sam4em outputs record their classes, so it is refused for them.
         json_path: also write the scores there (checked before evaluating; never an input;
             an existing file only with ``overwrite``).
         allow_missing_chunks: read a ground truth or mask whose Zarr chunks are partly missing.
@@ -82,8 +81,6 @@ def evaluate_files(
                     "--pred-classes"
                 )
             ids = _codes(pred_classes)
-        elif ids is None and len(prediction.array.shape) == 3 and np.dtype(prediction.array.dtype).kind in "iu":
-            ids = {name: i + 1 for i, name in enumerate(codes)}
         evaluation_mask = None
         if mask_path is not None:
             evaluation_mask = stack.enter_context(

@@ -22,7 +22,8 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,10 +153,10 @@ def _scan(
         else:
             numbered = np.zeros(chunk.shape, dtype=np.int64)
             for cls, class_codes in enumerate(codes):
-                local, n = ndimage.label(np.isin(chunk, class_codes), structure=structure)
+                components, n = ndimage.label(np.isin(chunk, class_codes), structure=structure)
                 offset = pieces.count - start
-                pieces.add(local, n, z0, cls, np.zeros(n), probs)
-                numbered[local > 0] = local[local > 0] + offset
+                pieces.add(components, n, z0, cls, np.zeros(n), probs)
+                numbered[components > 0] = components[components > 0] + offset
             joins.grow(pieces.count - start)
             if previous is not None:
                 # Classes never touch: a voxel has one class, so pairs always join pieces of one class.
@@ -175,6 +176,20 @@ def _scan(
 def _as_probability(values: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1]: sam4em stores uint8 probabilities as round(p * 255)."""
     return values / 255.0 if values.dtype == np.uint8 else values.astype(np.float64)
+
+
+def _id_mask(crop: np.ndarray, origin: list[int], *, value: int) -> np.ndarray:
+    """The voxels of the object with id ``value`` in ``crop``."""
+    return crop == value
+
+
+def _component_mask(
+    crop: np.ndarray, origin: list[int], *, codes: Any, seed: Any, structure: np.ndarray
+) -> np.ndarray:
+    """The connected component of the class ``codes`` in ``crop`` that holds the voxel ``seed``
+    (volume coordinates; ``origin`` is the crop's corner)."""
+    parts, _ = ndimage.label(np.isin(crop, codes), structure=structure)
+    return parts == parts[tuple(int(s) - o for s, o in zip(seed, origin, strict=True))]
 
 
 def _surface_area(labels: Any, box: np.ndarray, mask_of: Any, spacing: tuple[float, float, float]) -> float:
@@ -234,19 +249,12 @@ def measure_objects(
     for row in range(len(table["label"])):
         box = np.array([table[f"bbox_{a}{e}"][row] for e in "01" for a in "zyx"])
         seed = table["_seed"][row]
+        mask_of: Callable[[np.ndarray, list[int]], np.ndarray]
         if objects == "ids":
-            value = int(table["label"][row])
-
-            def mask_of(crop: np.ndarray, origin: list[int], value: int = value) -> np.ndarray:
-                return crop == value
+            mask_of = partial(_id_mask, value=int(table["label"][row]))
         else:
             cls_codes = codes[names.index(str(table["class"][row]))]
-
-            def mask_of(
-                crop: np.ndarray, origin: list[int], cls_codes: Any = cls_codes, seed: Any = seed
-            ) -> np.ndarray:
-                parts, _ = ndimage.label(np.isin(crop, cls_codes), structure=structure)
-                return parts == parts[tuple(int(s) - o for s, o in zip(seed, origin, strict=True))]
+            mask_of = partial(_component_mask, codes=cls_codes, seed=seed, structure=structure)
 
         areas.append(_surface_area(labels, box, mask_of, spacing))
     table["surface_area_nm2"] = np.array(areas, dtype=np.float64)

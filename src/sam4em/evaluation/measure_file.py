@@ -41,7 +41,7 @@ def _class_codes(
     if classes:
         mapping = ClassMapping.parse(classes)
         return {name: mapping.codes(name) for name in mapping.names}
-    if record.get("ome_zarr") and (key or "").startswith("labels/"):
+    if record.get("ome_zarr") and key is not None and key.startswith("labels/"):
         return {key.split("/")[1]: (1,)}
     if record.get("output_type") == "labels" and record.get("class_names"):
         return {str(name): (i + 1,) for i, name in enumerate(record["class_names"])}

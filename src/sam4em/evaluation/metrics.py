@@ -268,4 +268,6 @@ def surface_distances_from_points(
     # Nearest-neighbour queries dominate evaluation time on large volumes; use every core.
     pred_to_gt, _ = cKDTree(gt_points).query(pred_points, workers=-1)
     gt_to_pred, _ = cKDTree(pred_points).query(gt_points, workers=-1)
-    return SurfaceDistances.from_directed(pred_to_gt, gt_to_pred)
+    return SurfaceDistances.from_directed(
+        np.asarray(pred_to_gt, dtype=np.float64), np.asarray(gt_to_pred, dtype=np.float64)
+    )

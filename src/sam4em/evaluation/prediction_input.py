@@ -175,6 +175,8 @@ def _ome_output(path: Path, key: str | None, names: Sequence[str], stack: ExitSt
     root = zarr.open_group(store=str(path), mode="r")
     prefix = PROBABILITIES if PROBABILITIES in root else "labels"
     group = root[prefix]
+    if not isinstance(group, zarr.Group):
+        raise VolumeError(f"{path}/{prefix}: is an array, not a sam4em output group; segment it again")
     holder = group if prefix == PROBABILITIES else group[sorted(group.group_keys())[0]]
     record = read_output_record(holder.attrs.asdict())
     if record is None:

@@ -21,8 +21,9 @@ the scheduler address; input and output paths must be visible to every worker (a
     cluster = SLURMCluster(cores=1, processes=1, memory="16GB", walltime="04:00:00",
                            job_extra_directives=["--gres=gpu:1"])
     cluster.scale(jobs=8)  # 8 SLURM jobs, one worker each
-    segment_to_file_dask("raw.zarr", "seg.zarr", "runs/mito", output_type="labels",
-                         scheduler_address=cluster.scheduler_address, device="cuda")
+    segment_to_file_dask("raw.zarr", "seg.zarr", "runs/mito",
+                         SegmentOptions(output_type="labels", device="cuda"),
+                         scheduler_address=cluster.scheduler_address)
 
 With dask-kubernetes, ``KubeCluster(name="sam4em", image=..., n_workers=8)`` gives
 ``cluster.scheduler_address`` the same way.
@@ -40,11 +41,12 @@ from typing import Any
 from distributed import Client, LocalCluster, as_completed
 
 from sam4em.fingerprint import digest_state
+from sam4em.inference.block_job import BlockJob
+from sam4em.inference.options import SegmentOptions
 from sam4em.inference.predictor import ProgressCallback
-from sam4em.inference.streaming import (
-    BlockJob,
+from sam4em.inference.request import ModelSource
+from sam4em.inference.run import (
     Interrupted,
-    ModelSource,
     SliceCounter,
     StopSignal,
     finish_run,
@@ -54,13 +56,13 @@ from sam4em.inference.streaming import (
 )
 from sam4em.inference.tiling import ZBlock
 from sam4em.io import VolumeError, open_volume
-from sam4em.models import SAM4EM, load_model
+from sam4em.models import SegmentationModel, load_model
 
 __all__ = ["segment_to_file_dask"]
 
 
 @lru_cache(maxsize=2)
-def _cached_model(source: str, device: str | None, weights: str) -> SAM4EM:
+def _cached_model(source: str, device: str | None, weights: str) -> SegmentationModel:
     """The model at `source`, loaded once per worker process (loading takes seconds), refused unless
     its weights are those the run was started with (a run folder replaced meanwhile would mix models)."""
     model = load_model(source, device=device)
@@ -72,7 +74,7 @@ def _cached_model(source: str, device: str | None, weights: str) -> SAM4EM:
     return model
 
 
-def _segment_block(job: BlockJob, block: ZBlock, model: SAM4EM | str) -> int:
+def _segment_block(job: BlockJob, block: ZBlock, model: SegmentationModel | str) -> int:
     """The task: segment one z-block into the output; returns the block's index."""
     loaded = _cached_model(model, job.device, job.model_weights) if isinstance(model, str) else model
     if job.device is not None:
@@ -104,29 +106,30 @@ def segment_to_file_dask(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     model: ModelSource,
+    options: SegmentOptions | None = None,
     *,
     workers: int = 2,
     scheduler_address: str | None = None,
     progress: ProgressCallback | None = None,
     stop: StopSignal | None = None,
-    **options: Any,
 ) -> Path:
     """`segment_to_file` with its z-blocks run as dask tasks; same options, same result.
 
     Args:
-        input_path, output_path, model: as for :func:`sam4em.inference.streaming.segment_to_file`;
-            pass ``model`` as a run folder or model name so each worker loads it itself.
+        input_path, output_path, model, options: as for
+            :func:`sam4em.inference.streaming.segment_to_file`; pass ``model`` as a run folder or model
+            name so each worker loads it itself.
         workers: processes of a local cluster (ignored with ``scheduler_address``).
         scheduler_address: an existing scheduler, e.g. ``SLURMCluster(...).scheduler_address``.
         progress: called with (slices predicted, total) as blocks finish.
         stop: checked as blocks finish; when set, running blocks finish, no new ones start, and
             :class:`Interrupted` is raised.
-        options: every other keyword of `segment_to_file` (output_type, block_size, resume, ...).
 
     Returns:
         The output path, complete.
     """
-    with prepare_run(input_path, output_path, model, distributed=True, **options) as (run, loaded):
+    options = options or SegmentOptions()
+    with prepare_run(input_path, output_path, model, options, distributed=True) as (run, loaded):
         if not run.todo:
             return finish_run(run)
         counter = SliceCounter(run, progress)

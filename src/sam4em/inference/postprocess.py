@@ -138,6 +138,15 @@ def _instances_one(
     return components.astype(np.uint32), count
 
 
+def _foreground(channels: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean (C, Z, Y, X) masks: probabilities above ``threshold``, or the non-zero voxels of a mask."""
+    if np.issubdtype(channels.dtype, np.floating):
+        return channels > threshold
+    if np.issubdtype(channels.dtype, np.bool_) or np.issubdtype(channels.dtype, np.integer):
+        return channels != 0
+    raise TypeError(f"probs must be float probabilities or a binary mask, got dtype {channels.dtype}")
+
+
 def probs_to_instances(
     probs: np.ndarray,
     *,
@@ -196,14 +205,7 @@ def probs_to_instances(
         raise ValueError(f"h must be positive, got {h}")
 
     single = probs.ndim == 3
-    channels = probs[np.newaxis] if single else probs
-    if np.issubdtype(channels.dtype, np.floating):
-        masks = channels > threshold
-    elif np.issubdtype(channels.dtype, np.bool_) or np.issubdtype(channels.dtype, np.integer):
-        masks = channels != 0
-    else:
-        raise TypeError(f"probs must be float probabilities or a binary mask, got dtype {probs.dtype}")
-
+    masks = _foreground(probs[np.newaxis] if single else probs, threshold)
     out = np.zeros(masks.shape, dtype=np.uint32)
     next_id = 0
     for index, mask in enumerate(masks):

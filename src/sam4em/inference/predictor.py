@@ -8,16 +8,17 @@ weights (`TileBlender`), so no seams show.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
 from sam4em.data.normalize import percentile_normalize
 from sam4em.inference.tiling import Tile, TileBlender, crop_from_window, pad_to_window, tile_grid
-from sam4em.models.sam4em import SAM4EM
+from sam4em.models.info import SegmentationModel
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -43,8 +44,8 @@ def plan_tiling(
     halo: tuple[int, int] | None = None,
 ) -> TilingPlan:
     """Default halo: 1/8 of the window per side; default tile: the window minus both halos."""
-    halo = tuple(halo) if halo is not None else (window // 8, window // 8)
-    tile_shape = tuple(tile_shape) if tile_shape is not None else (window - 2 * halo[0], window - 2 * halo[1])
+    halo = _pair(halo, (window // 8, window // 8))
+    tile_shape = _pair(tile_shape, (window - 2 * halo[0], window - 2 * halo[1]))
     if min(tile_shape) < 1 or min(halo) < 0:
         raise ValueError(
             f"tile {tuple(tile_shape)} must be positive and halo {tuple(halo)} non-negative; "
@@ -56,7 +57,13 @@ def plan_tiling(
                 f"tile {tuple(tile_shape)} + 2 x halo {tuple(halo)} must fit the model's {window}-pixel input "
                 f"(axis {'YX'[axis]}: {t} + 2 x {h} > {window}); use a smaller --tile or --halo"
             )
-    return TilingPlan(image_shape=tuple(image_shape), tile_shape=tile_shape, halo=halo, window=window)
+    image = cast(tuple[int, int], tuple(image_shape))
+    return TilingPlan(image_shape=image, tile_shape=tile_shape, halo=halo, window=window)
+
+
+def _pair(value: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``value`` as a tuple (lists and arrays come from callers too), or ``default`` when None."""
+    return default if value is None else cast(tuple[int, int], tuple(value))
 
 
 class SlicePredictor:
@@ -64,7 +71,7 @@ class SlicePredictor:
 
     def __init__(
         self,
-        model: SAM4EM,
+        model: SegmentationModel,
         plan: TilingPlan,
         *,
         intensity_bounds: tuple[float, float],

@@ -10,7 +10,7 @@ import torch
 from sam4em.data.normalize import volume_percentiles
 from sam4em.inference.postprocess import probs_to_labels
 from sam4em.inference.predictor import ProgressCallback, SlicePredictor, plan_tiling, predict_slices
-from sam4em.models.sam4em import SAM4EM
+from sam4em.models.info import SegmentationModel
 
 Direction = Literal["forward", "backward", "both"]
 
@@ -26,7 +26,7 @@ def z_orders(num_slices: int, direction: Direction) -> list[range]:
 
 def segment_volume(
     volume,
-    model: SAM4EM,
+    model: SegmentationModel,
     *,
     direction: Direction = "both",
     tile_shape: tuple[int, int] | None = None,

@@ -32,6 +32,7 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ __all__ = [
 Pair = tuple[int, int]
 
 
-def _as_int(value: object, name: str, minimum: int) -> int:
+def _as_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     try:

@@ -3,7 +3,8 @@
 ``open_volume`` reads TIFF (multi-page, ImageJ, OME), folders of PNG/TIFF slices, HDF5,
 Zarr (v2, v3, OME-Zarr), N5, MRC and neuroglancer precomputed volumes as lazily indexed
 (Z, Y, X) arrays; ``create_volume`` writes all of them but precomputed. Every failure is a
-``VolumeError`` whose message names the file, the problem and the fix.
+``VolumeError`` whose message names the file, the problem and the fix. The formats are the
+entries of the table in :mod:`sam4em.io.formats`; ``register_format`` adds one.
 """
 
 from __future__ import annotations

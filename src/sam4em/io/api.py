@@ -13,46 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sam4em.io.base import Volume, VolumeError, VoxelSize, WritableVolume, check_dtype, corrupt_error
+from sam4em.io.formats import CreateRequest, OpenRequest, VolumeFormat, format_for_writing
 from sam4em.io.metadata import sidecar_path
-from sam4em.io.paths import SLICE_SUFFIXES, detect_format, format_for_writing, parse_path_key
+from sam4em.io.paths import detect_format, parse_path_key
 
-_CONTAINERS = frozenset({"hdf5", "zarr", "n5"})
-_NAMES = {"tiff": "TIFF files", "images": "image slices", "mrc": "MRC files", "folder": "slice folders"}
 #: Default chunks: one slice deep, because SAM-style models read volumes slice by slice.
 _CHUNK_YX = 512
-
-
-def _open(fmt: str, path: Path, key: str | None, writable: bool, allow_missing_chunks: bool) -> Volume:
-    if fmt == "tiff":
-        from sam4em.io.tiff import open_tiff
-
-        return open_tiff(path, writable)
-    if fmt == "images":
-        from sam4em.io.image_folder import open_images
-
-        return open_images(path)
-    if fmt == "hdf5":
-        from sam4em.io.hdf5 import open_hdf5
-
-        return open_hdf5(path, key, writable)
-    if fmt == "zarr":
-        from sam4em.io.zarr_store import open_zarr
-
-        return open_zarr(path, key, writable, allow_missing_chunks=allow_missing_chunks)
-    if fmt == "n5":
-        from sam4em.io.n5 import open_n5
-
-        return open_n5(path, key, writable)
-    if fmt == "mrc":
-        from sam4em.io.mrc import open_mrc
-
-        return open_mrc(path, writable)
-    from sam4em.io.precomputed import open_precomputed
-
-    return open_precomputed(path, key)
 
 
 def open_volume(
@@ -77,12 +44,12 @@ def open_volume(
         spec, key = parse_path_key(spec)
     fmt, target = detect_format(spec)
     writable = mode == "r+"
-    if key and fmt in _NAMES:
-        raise VolumeError(f"{target}: {_NAMES[fmt]} hold one volume; drop the key '{key}'")
-    if writable and fmt in ("images", "precomputed"):
-        raise VolumeError(f"{target}: {fmt} volumes open read-only (use create_volume to write a copy)")
+    if key and not fmt.container:
+        raise VolumeError(f"{target}: {fmt.describe} hold one volume; drop the key '{key}'")
+    if writable and not fmt.writable:
+        raise VolumeError(f"{target}: {fmt.name} volumes open read-only (use create_volume to write a copy)")
     try:
-        volume = _open(fmt, target, key or None, writable, allow_missing_chunks)
+        volume = fmt.open(OpenRequest(target, key or None, writable, allow_missing_chunks))
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
@@ -101,24 +68,14 @@ def list_volumes(path: str | os.PathLike[str]) -> list[str]:
     Each key opens with ``open_volume(path, key)``; OME-Zarr images are listed by their group.
     """
     fmt, target = detect_format(os.fspath(path))
+    if fmt.list_keys is None:
+        return []
     try:
-        if fmt == "zarr":
-            from sam4em.io.zarr_store import list_zarr_images
-
-            return list_zarr_images(target)
-        if fmt == "hdf5":
-            from sam4em.io.hdf5 import list_hdf5_datasets
-
-            return list_hdf5_datasets(target)
-        if fmt == "n5":
-            from sam4em.io.n5 import list_n5_datasets
-
-            return list_n5_datasets(target)
+        return fmt.list_keys(target)
     except VolumeError:
         raise
     except Exception as exc:
         raise corrupt_error(target, exc) from exc
-    return []
 
 
 def _positive_ints(values: Any, what: str, path: Path) -> tuple[int, int, int]:
@@ -143,23 +100,11 @@ def _voxel_size(values: Any, path: Path) -> VoxelSize | None:
     return sizes[0], sizes[1], sizes[2]
 
 
-def _remove(path: Path, fmt: str) -> None:
-    """Delete an existing output before overwriting it; folders only if they hold only slices."""
-    if fmt == "folder":
-        if not path.is_dir():
-            path.unlink()
-            return
-        stray = [
-            p.name
-            for p in path.iterdir()
-            if p.suffix.lower() not in SLICE_SUFFIXES and p.name != "attrs.json"
-        ]
-        if stray:
-            raise VolumeError(
-                f"{path}/: holds files other than slices ({', '.join(sorted(stray)[:3])}); "
-                "refusing to delete it (remove it yourself or pick another path)"
-            )
-        shutil.rmtree(path)
+def _remove(path: Path, fmt: VolumeFormat) -> None:
+    """Delete an existing output before overwriting it: the format's own way, else the file
+    (and its attrs sidecar) or the folder."""
+    if fmt.remove is not None:
+        fmt.remove(path)
     elif path.is_dir():
         shutil.rmtree(path)
     else:
@@ -189,8 +134,8 @@ def create_volume(
     """
     target = Path(path)
     fmt = format_for_writing(target)
-    if key and fmt not in _CONTAINERS:
-        raise VolumeError(f"{target}: {_NAMES[fmt]} hold one volume; drop the key '{key}'")
+    if key and not fmt.container:
+        raise VolumeError(f"{target}: {fmt.describe} hold one volume; drop the key '{key}'")
     size = _positive_ints(shape, "shape", target)
     dt = check_dtype(dtype, target)
     sizes = _voxel_size(voxel_size, target)
@@ -205,44 +150,10 @@ def create_volume(
         _remove(target, fmt)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _create(fmt, target, size, dt, key or None, block, sizes, overwrite, extra)
+        create = fmt.create
+        assert create is not None  # format_for_writing returns only formats that create
+        return create(CreateRequest(target, size, dt, key or None, block, sizes, overwrite, extra))
     except (VolumeError, MemoryError):
         raise
     except OSError as exc:
         raise VolumeError(f"{target}: cannot write file ({exc})") from exc
-
-
-def _create(
-    fmt: str,
-    path: Path,
-    shape: tuple[int, int, int],
-    dtype: np.dtype[Any],
-    key: str | None,
-    chunks: tuple[int, int, int],
-    voxel_size: VoxelSize | None,
-    overwrite: bool,
-    attrs: dict[str, Any],
-) -> WritableVolume:
-    if fmt == "tiff":
-        from sam4em.io.tiff import create_tiff
-
-        return create_tiff(path, shape, dtype, voxel_size, attrs)
-    if fmt == "folder":
-        from sam4em.io.image_folder import create_folder
-
-        return create_folder(path, shape, dtype, voxel_size, attrs)
-    if fmt == "mrc":
-        from sam4em.io.mrc import create_mrc
-
-        return create_mrc(path, shape, dtype, voxel_size, attrs)
-    if fmt == "hdf5":
-        from sam4em.io.hdf5 import create_hdf5
-
-        return create_hdf5(path, shape, dtype, key, chunks, voxel_size, overwrite, attrs)
-    if fmt == "zarr":
-        from sam4em.io.zarr_store import create_zarr
-
-        return create_zarr(path, shape, dtype, key, chunks, voxel_size, overwrite, attrs)
-    from sam4em.io.n5 import create_n5
-
-    return create_n5(path, shape, dtype, key, chunks, voxel_size, overwrite, attrs)

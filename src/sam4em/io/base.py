@@ -93,9 +93,9 @@ def to_gray(pixels: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     """Luminance (ITU-R 601) of (..., S) pixels with S = 2 (gray + alpha), 3 (RGB) or 4 (RGBA)."""
     if pixels.shape[-1] < 3:
         return pixels[..., 0].astype(dtype, copy=False)
-    work = np.float64 if dtype.itemsize > 2 else np.float32
+    work = np.dtype(np.float64 if dtype.itemsize > 2 else np.float32)
     weights = np.array([0.299, 0.587, 0.114], dtype=work)
-    gray = pixels[..., :3].astype(work) @ weights
+    gray = np.matmul(pixels[..., :3].astype(work), weights)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         gray = np.clip(np.rint(gray), info.min, info.max)

@@ -16,7 +16,7 @@ import tifffile
 
 from sam4em.io.base import VolumeBase, VolumeError, VoxelSize, corrupt_error, to_gray
 from sam4em.io.metadata import JsonFileAttrs, as_voxel_size, read_json, sidecar_path
-from sam4em.io.paths import slice_files
+from sam4em.io.slices import slice_files
 from sam4em.io.tiff import check_writable_dtype, open_tiff
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

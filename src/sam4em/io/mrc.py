@@ -8,6 +8,7 @@ stamped by IMOD are read as uint8 accordingly, and uint8 volumes are written tha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ def _voxel_size(mrc: Any) -> VoxelSize | None:
     return as_voxel_size([float(size.x) / 10, float(size.y) / 10, float(size.z) / 10], reverse=True)
 
 
+def _attrs_view(attrs: JsonFileAttrs, path: Path, writable: bool) -> Callable[[], Mapping[str, Any]]:
+    """The live sidecar when writable, else a fresh snapshot of it at each read."""
+    if writable:
+        return lambda: attrs
+    return lambda: read_json(sidecar_path(path))
+
+
 def _volume(mrc: Any, path: Path, writable: bool) -> ArrayVolume:
     data = mrc.data
     if data is None:
@@ -58,7 +66,7 @@ def _volume(mrc: Any, path: Path, writable: bool) -> ArrayVolume:
         None,
         _voxel_size(mrc),
         writable=writable,
-        attrs_view=(lambda: attrs) if writable else (lambda: read_json(sidecar_path(path))),
+        attrs_view=_attrs_view(attrs, path, writable),
         on_close=close,
     )
 

@@ -206,13 +206,12 @@ class PyramidVolume(VolumeBase):
         *,
         writable: bool,
     ) -> None:
-        paths = [str(d["path"]) for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
-        self._levels = [group[p] for p in paths]
+        self._levels = [_level(group, str(d["path"]), path) for d in _multiscale(group)["datasets"]]
         self._lead: tuple[int, ...] = () if channel is None else (channel,)
         self._group = group
         self._method = method
-        shape = self._levels[0].shape[len(self._lead) :]
-        super().__init__(path, key, shape, self._levels[0].dtype, voxel_size, writable=writable)
+        z, y, x = self._levels[0].shape[len(self._lead) :]
+        super().__init__(path, key, (z, y, x), self._levels[0].dtype, voxel_size, writable=writable)
 
     @property
     def attrs(self) -> Any:
@@ -232,11 +231,36 @@ class PyramidVolume(VolumeBase):
         zs, ys, xs = box
         for parent, child in pairwise(self._levels):
             y0, y1, x0, x1 = ys.start // 2, -(-ys.stop // 2), xs.start // 2, -(-xs.stop // 2)
-            region = parent[(*self._lead, zs, slice(2 * y0, 2 * y1), slice(2 * x0, 2 * x1))]
-            child[(*self._lead, zs, slice(y0, y1), slice(x0, x1))] = downsample(
+            above: tuple[int | slice, ...] = (*self._lead, zs, slice(2 * y0, 2 * y1), slice(2 * x0, 2 * x1))
+            below: tuple[int | slice, ...] = (*self._lead, zs, slice(y0, y1), slice(x0, x1))
+            region = parent[above]
+            child[below] = downsample(
                 np.asarray(region), self._method
             )
             ys, xs = slice(y0, y1), slice(x0, x1)
+
+
+def _multiscale(group: zarr.Group) -> dict[str, Any]:
+    """The (only) multiscale of a group sam4em wrote: KeyError when the group has none."""
+    # Attributes are untyped JSON; what a sam4em output holds is fixed by _pyramid.
+    attrs: dict[str, Any] = dict(group.attrs)
+    multiscale: dict[str, Any] = attrs["ome"]["multiscales"][0]
+    return multiscale
+
+
+def _group(root: zarr.Group, name: str) -> zarr.Group:
+    """The group at ``name`` ('' = root); KeyError when it is missing or an array."""
+    node = root[name] if name else root
+    if not isinstance(node, zarr.Group):
+        raise KeyError(name)
+    return node
+
+
+def _level(group: zarr.Group, level: str, path: Path) -> zarr.Array:
+    node = group[level]
+    if not isinstance(node, zarr.Array):
+        raise VolumeError(f"{path}: pyramid level '{level}' is a group, not an array (write the output again)")
+    return node
 
 
 def open_output(path: str | os.PathLike[str], key: str | None, mode: str = "r") -> Volume:
@@ -250,13 +274,11 @@ def open_output(path: str | os.PathLike[str], key: str | None, mode: str = "r") 
     head, _, tail = name.partition("/")
     channel = None
     try:
+        group = _group(root, PROBABILITIES if head == PROBABILITIES else name)
         if head == PROBABILITIES:
-            group = root[PROBABILITIES]
-            names = [c["label"] for c in group.attrs["ome"]["omero"]["channels"]]
-            channel = names.index(tail)
-        else:
-            group = root[name] if name else root
-        meta = group.attrs["ome"]["multiscales"][0]
+            attrs: dict[str, Any] = dict(group.attrs)  # untyped JSON, as _pyramid wrote it
+            channel = [c["label"] for c in attrs["ome"]["omero"]["channels"]].index(tail)
+        meta = _multiscale(group)
     except (KeyError, ValueError):
         raise VolumeError(
             f"{target}: no image '{name}' in this OME-Zarr output (keys: labels/<class>, "

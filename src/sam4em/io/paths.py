@@ -1,42 +1,68 @@
-"""Path handling: ``path:key`` splitting, format detection, natural slice order."""
+"""Path handling: ``path:key`` splitting, symbolic links, and which format an existing path holds.
+
+Everything format-specific comes from the table in :mod:`sam4em.io.formats`.
+"""
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Iterator, Mapping, Set
 from pathlib import Path
 
 from sam4em.io.base import VolumeError
+from sam4em.io.formats import FORMATS, PRECOMPUTED_SCHEME, VolumeFormat, format_for_path, suffix_of
 
-#: Formats by file extension (lower case).
-SUFFIX_FORMATS = {
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".png": "images",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".hdf": "hdf5",
-    ".zarr": "zarr",
-    ".n5": "n5",
-    ".mrc": "mrc",
-    ".rec": "mrc",
-    ".map": "mrc",
-    ".mrcs": "mrc",
-}
-#: Formats whose files hold several arrays, named by a key.
-CONTAINER_SUFFIXES = frozenset({".h5", ".hdf5", ".hdf", ".zarr", ".n5"})
-#: Slice images a folder may hold.
-SLICE_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
-PRECOMPUTED_SCHEME = "precomputed://"
-
-SUPPORTED = (
-    ".tif/.tiff (multi-page, OME, ImageJ), .png, .h5/.hdf5/.hdf, .zarr, .n5, .mrc/.rec/.map/.mrcs, "
-    "a folder of .png/.tif slices, or a neuroglancer precomputed folder (precomputed://)"
-)
+__all__ = [
+    "CONTAINER_SUFFIXES",
+    "PRECOMPUTED_SCHEME",
+    "SUFFIX_FORMATS",
+    "detect_format",
+    "parse_path_key",
+    "resolve_path",
+]
 
 
-def _suffix(path: str) -> str:
-    return Path(path.rstrip("/\\")).suffix.lower()
+def _suffix_formats() -> dict[str, str]:
+    return {suffix: fmt.name for fmt in FORMATS.values() for suffix in fmt.suffixes}
+
+
+class _SuffixFormats(Mapping[str, str]):
+    """Format names by file extension (lower case), read from ``FORMATS`` at each use."""
+
+    def __getitem__(self, suffix: str) -> str:
+        return _suffix_formats()[suffix]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_suffix_formats())
+
+    def __len__(self) -> int:
+        return len(_suffix_formats())
+
+
+class _ContainerSuffixes(Set[str]):
+    """Extensions of formats that hold several arrays named by a key, read from ``FORMATS`` at each use."""
+
+    @staticmethod
+    def _current() -> frozenset[str]:
+        return frozenset(s for fmt in FORMATS.values() if fmt.container for s in fmt.suffixes)
+
+    def __contains__(self, suffix: object) -> bool:
+        return suffix in self._current()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+#: Views of the format table kept for callers that predate it: prefer ``sam4em.io.formats``.
+SUFFIX_FORMATS: Mapping[str, str] = _SuffixFormats()
+CONTAINER_SUFFIXES: Set[str] = _ContainerSuffixes()
+
+
+def _scheme(spec: str) -> str | None:
+    return next((f.scheme for f in FORMATS.values() if f.scheme and spec.startswith(f.scheme)), None)
 
 
 def parse_path_key(spec: str) -> tuple[str, str | None]:
@@ -47,35 +73,15 @@ def parse_path_key(spec: str) -> tuple[str, str | None]:
     whole string is an existing path. So Windows drive letters (``C:\\data\\vol.tif``) and
     URLs (``precomputed://...``) are left alone, and ``C:\\data\\vol.h5:raw`` still splits.
     """
-    if spec.startswith(PRECOMPUTED_SCHEME) or Path(spec).exists():
+    if _scheme(spec) or Path(spec).exists():
         return spec, None
     head, sep, key = spec.rpartition(":")
     is_drive = len(head) == 1 and head.isalpha() and (not key or key[0] in "/\\")
     if not sep or not head or not key or is_drive:
         return spec, None
-    if Path(head).exists() or _suffix(head) in CONTAINER_SUFFIXES:
+    if Path(head).exists() or suffix_of(head) in CONTAINER_SUFFIXES:
         return head, key
     return spec, None
-
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key ordering numbers by value: ``2.png`` before ``10.png``."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(name) if part
-    )
-
-
-def slice_files(folder: Path) -> list[Path]:
-    """The .png/.tif/.tiff files of ``folder`` in natural numeric order (hidden files skipped)."""
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    ]
-    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _missing_reason(path: Path) -> str:
@@ -98,47 +104,13 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
         raise VolumeError(_missing_reason(Path(path))) from None
 
 
-def detect_format(path: str) -> tuple[str, Path]:
-    """The format of an existing path: 'tiff', 'images', 'hdf5', 'zarr', 'n5', 'mrc' or 'precomputed'.
+def detect_format(path: str) -> tuple[VolumeFormat, Path]:
+    """The format of an existing path and the path itself, its scheme (``precomputed://``) stripped.
 
     Files go by extension; folders by extension (.zarr, .n5), else by what they hold.
     """
-    if path.startswith(PRECOMPUTED_SCHEME):
-        target = Path(path[len(PRECOMPUTED_SCHEME) :])
-        if not target.exists():
-            raise VolumeError(_missing_reason(target))
-        return "precomputed", target
-    target = Path(path)
+    scheme = _scheme(path)
+    target = Path(path[len(scheme) :] if scheme else path)
     if not target.exists():
         raise VolumeError(_missing_reason(target))
-    suffix = target.suffix.lower()
-    if suffix in SUFFIX_FORMATS:
-        return SUFFIX_FORMATS[suffix], target
-    if target.is_dir():
-        names = {p.name for p in target.iterdir()}
-        if "zarr.json" in names or ".zarray" in names or ".zgroup" in names:
-            return "zarr", target
-        if "info" in names:
-            return "precomputed", target
-        if "attributes.json" in names:
-            return "n5", target
-        if slice_files(target):
-            return "images", target
-        raise VolumeError(
-            f"{path.rstrip('/')}/: folder holds no .png/.tif images (nor a zarr, N5 or precomputed volume)"
-        )
-    raise VolumeError(f"{path}: unknown format {suffix or '(no extension)'!r} (supported: {SUPPORTED})")
-
-
-def format_for_writing(path: Path) -> str:
-    """The format ``create_volume`` writes for ``path``: by extension, a folder of slices if none."""
-    suffix = path.suffix.lower()
-    if not suffix:
-        return "folder"
-    fmt = SUFFIX_FORMATS.get(suffix)
-    if fmt is None or fmt == "images":
-        raise VolumeError(
-            f"{path}: cannot write format {suffix!r} (use .tif, .h5, .zarr, .n5, .mrc, "
-            "or a path without extension for a folder of .tif slices)"
-        )
-    return fmt
+    return format_for_path(path), target

@@ -71,9 +71,11 @@ def _level_voxel_size(root: zarr.Group | zarr.Array, key: str | None) -> VoxelSi
     """Voxel size of an array that is one level of an OME-Zarr image (``image/0``, ``labels/mito/1``):
     from the multiscales metadata of its parent group, where that lists the array."""
     parent, _, name = (key or "").rpartition("/")
-    group = root[parent] if parent else root
+    group = root if not parent else root[parent] if isinstance(root, zarr.Group) else None
     multiscale = _multiscale(group) if isinstance(group, zarr.Group) else None
-    for dataset in multiscale["datasets"] if multiscale else []:
+    if multiscale is None:
+        return None
+    for dataset in multiscale["datasets"]:
         if str(dataset.get("path")).strip("/") == name:
             return _ome_voxel_size(multiscale, dataset)
     return None

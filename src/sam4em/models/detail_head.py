@@ -31,13 +31,10 @@ class DetailHead(nn.Module):
             nn.GroupNorm(2, channels),
             nn.GELU(),
         )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(channels + 1, channels, kernel_size=3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(channels, 1, kernel_size=1),
-        )
-        nn.init.zeros_(self.fuse[-1].weight)
-        nn.init.zeros_(self.fuse[-1].bias)
+        fuse_out = nn.Conv2d(channels, 1, kernel_size=1)
+        self.fuse = nn.Sequential(nn.Conv2d(channels + 1, channels, kernel_size=3, padding=1), nn.GELU(), fuse_out)
+        for parameter in fuse_out.parameters():
+            nn.init.zeros_(parameter)
 
     def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(low_res, size=detail.shape[-2:], mode="bilinear", align_corners=False)

@@ -24,8 +24,8 @@ class _FusionBlock(nn.Module):
         self.norm = nn.GroupNorm(num_groups=_groups(hidden), num_channels=hidden)
         self.spatial = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
         self.out = nn.Conv2d(hidden, channels, kernel_size=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        for parameter in self.out.parameters():
+            nn.init.zeros_(parameter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(F.gelu(self.spatial(F.gelu(self.norm(self.reduce(x))))))

@@ -19,7 +19,10 @@ def add_lora(module: nn.Module, *, target_modules: str, rank: int, alpha: float,
     """Inject LoRA (rank, alpha) into the linear layers of `module` whose names match `target_modules`."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    # peft annotates lora_alpha as int but only divides it by the rank: a float alpha (BuildOptions) works.
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none"  # type: ignore[arg-type]
+    )
     return inject_adapter_in_model(config, module)
 
 

@@ -15,11 +15,16 @@ Axes: images (B, 1, S, S) in [0, 1]; masks (B, S/u, S/u) bool, True = hidden, u 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
+from transformers import Sam2HieraDetConfig, Sam2VideoModel, Sam2VisionModel
 
-from sam4em.models.registry import get_spec, load_sam2_weights, sam2_config, seed_for
+from sam4em.models.compose import sam2_config, seed_for
+from sam4em.models.registry import get_spec
 from sam4em.models.sam4em import PIXEL_MEAN, PIXEL_STD
+from sam4em.models.weights import load_sam2_weights
 
 DECODER_STRIDE = 16  # the FPN level decoded: stride 16 of Hiera's four stages
 PATCH_STRIDE = 4  # Hiera's patch embedding
@@ -28,14 +33,18 @@ PATCH_STRIDE = 4  # Hiera's patch embedding
 class MaskedImageModel(nn.Module):
     """SAM2 image encoder + mask token + throwaway pixel decoder."""
 
-    def __init__(self, *, encoder: nn.Module, mask_unit: int = 16) -> None:
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
+    def __init__(self, *, encoder: Sam2VisionModel, mask_unit: int = 16) -> None:
         super().__init__()
         if mask_unit % PATCH_STRIDE:
             raise ValueError(f"mask_unit must be a multiple of the patch stride {PATCH_STRIDE}, got {mask_unit}")
         self.encoder = encoder
         self.mask_unit = mask_unit
-        embed_dim = encoder.config.backbone_config.hidden_size
-        channels = encoder.config.fpn_hidden_size
+        config = encoder.config
+        embed_dim = cast(Sam2HieraDetConfig, config.backbone_config).hidden_size
+        channels = config.fpn_hidden_size
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Sequential(
@@ -81,15 +90,14 @@ def build_masked_image_model(base: str, *, pretrained: bool, image_size: int | N
     """A `MaskedImageModel` on the image encoder of registry base `base` (seeded random weights, or
     Meta's SAM2.1 weights with `pretrained=True`, loaded strictly as `build_model` does)."""
     spec = get_spec(base)
-    if pretrained and not spec.has_pretrained_weights:
+    source = spec.hub_id if pretrained else None
+    if pretrained and source is None:
         raise ValueError(f"{base} has no pretrained weights; drop --pretrained or choose a sam2.1-hiera-* base")
     size = image_size or spec.image_size
     config = sam2_config(spec, image_size=size, memory_capacity=6)
-    from transformers import Sam2VideoModel
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(spec.name))
         sam2 = Sam2VideoModel(config)
-        if pretrained:
-            load_sam2_weights(sam2, spec.hub_id)  # type: ignore[arg-type]
+        if source is not None:
+            load_sam2_weights(sam2, source)
         return MaskedImageModel(encoder=sam2.vision_encoder, mask_unit=mask_unit)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sam4em.models.registry import CheckpointError
+from sam4em.models.checkpoint_files import CheckpointError
 
 FORMAT_VERSION = 2
 

@@ -27,10 +27,11 @@ class PromptGenerator(nn.Module):
         self.norm_image = nn.LayerNorm(dim)
         self.attention = nn.MultiheadAttention(dim, _heads(dim, num_heads), batch_first=True)
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.dense = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=1), nn.GELU(), nn.Conv2d(dim, dim, kernel_size=1))
+        dense_out = nn.Conv2d(dim, dim, kernel_size=1)
+        self.dense = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=1), nn.GELU(), dense_out)
         # Zero-init: the dense prompt starts as SAM's own "no mask" embedding (added by the caller).
-        nn.init.zeros_(self.dense[-1].weight)
-        nn.init.zeros_(self.dense[-1].bias)
+        for parameter in dense_out.parameters():
+            nn.init.zeros_(parameter)
         self.class_dense = nn.Parameter(torch.zeros(num_classes, dim))
 
     def forward(self, embedding: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

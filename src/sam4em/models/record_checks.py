@@ -3,7 +3,8 @@
 A hand-edited or damaged record is refused in one line naming the file and the fix, instead of
 failing later inside model construction: a missing ``base`` or ``weights`` entry, a ``build`` key no
 model takes, or a value no model can have (an ``image_size`` above 4096 or, for a SAM2 base, not a
-multiple of 32; a class count below 1, a ``base_weights`` that is not a path or hub id).
+multiple of 32; a class count below 1, a ``base_weights`` that is not a path or hub id, class names
+that are not one string per class).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sam4em.models.checkpoint_files import CheckpointError
-from sam4em.models.registry import BuildOptions
+from sam4em.models.info import BuildOptions
 
 __all__ = ["check_model_record"]
 
@@ -58,8 +59,22 @@ def check_model_record(record: Any, config: Path) -> dict[str, Any]:
         )
     if "num_classes" in build and not _positive_int(build["num_classes"]):
         raise CheckpointError(f"{config}: 'model.build.num_classes' is {build['num_classes']!r}, not a count; {fix}")
+    _check_class_names(record.get("class_names"), build.get("num_classes", 1), config, fix)
     if not isinstance(record.get("base_weights"), (str, type(None))):
         raise CheckpointError(
             f"{config}: 'model.base_weights' must be a hub id, a folder or a .pt file, not {record['base_weights']!r}"
         )
     return record
+
+
+def _check_class_names(names: Any, count: Any, config: Path, fix: str) -> None:
+    """``model.class_names``: absent or empty (unnamed classes), or one string per class."""
+    if names is None or names == []:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{config}: 'model.class_names' must be a list of names, not {names!r}; {fix}")
+    if len(names) != count:
+        raise CheckpointError(
+            f"{config}: 'model.class_names' has {len(names)} names ({', '.join(names)}) for "
+            f"{count} classes (model.build.num_classes); {fix}"
+        )

@@ -1,8 +1,9 @@
 """The SAM4EM module: SAM2 parts composed into a prompt-free, two-stage, slice-to-slice segmenter.
 
-Every part is passed in (see `sam4em.models.registry.build_model` for how they are made), so the
-ablations are the same class with a part left out: no enhancer, no second stage, no memory, or
-static prompts instead of the prompt generator.
+Every part is passed in (see `sam4em.models.compose` for how they are made), so the ablations are
+the same class with a part left out: no enhancer, no second stage, no memory, or static prompts
+instead of the prompt generator. Its identity (base, build options, class names) is the declared
+`info` (`sam4em.models.info.ModelInfo`).
 
 Axes: images are (B, 1, H, W) floats in [0, 1] (one EM slice per item, already intensity-normalised);
 clips are (B, K, 1, H, W) with K consecutive slices in z order; logits are (B, C, H, W) per class.
@@ -15,7 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoMaskDecoder, Sam2VideoPromptEncoder
 
+from sam4em.models.detail_head import DetailHead
+from sam4em.models.enhancer import FeatureEnhancer
+from sam4em.models.info import BuildOptions, ModelInfo, SegmentationModel
 from sam4em.models.memory import MemoryBank, SliceMemory
 
 # SAM2 normalises RGB inputs with ImageNet statistics; a gray EM slice is repeated over 3 channels.
@@ -69,25 +74,31 @@ class ClipOutput:
         return self.stage2 if self.stage2 is not None else self.stage1
 
 
-class SAM4EM(nn.Module):
-    """Prompt-free SAM2 for EM: LoRA encoder, feature enhancer, prompt generator, two decoders, memory."""
+class SAM4EM(SegmentationModel):
+    """Prompt-free SAM2 for EM: LoRA encoder, feature enhancer, prompt generator, two decoders, memory.
+
+    `info` declares the model (its `num_classes` and `image_size` come from it).
+    """
+
+    info: ModelInfo[BuildOptions]
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
         *,
         image_encoder: nn.Module,
-        prompt_encoder: nn.Module,
+        prompt_encoder: Sam2VideoPromptEncoder,
         image_position: nn.Module,
         prompt_generator: nn.Module,
-        stage1_decoder: nn.Module,
-        stage2_decoder: nn.Module | None,
-        enhancer: nn.Module | None,
+        stage1_decoder: Sam2VideoMaskDecoder,
+        stage2_decoder: Sam2VideoMaskDecoder | None,
+        enhancer: FeatureEnhancer | None,
         memory: SliceMemory | None,
-        num_classes: int,
-        image_size: int,
-        detail_head: nn.Module | None = None,
+        info: ModelInfo[BuildOptions],
+        detail_head: DetailHead | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(info=info)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.image_position = image_position
@@ -97,8 +108,6 @@ class SAM4EM(nn.Module):
         self.enhancer = enhancer
         self.memory = memory
         self.detail_head = detail_head
-        self.num_classes = num_classes
-        self.image_size = image_size
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -162,7 +171,7 @@ class SAM4EM(nn.Module):
 
     def _run_decoder(
         self,
-        decoder: nn.Module,
+        decoder: Sam2VideoMaskDecoder,
         features: ImageFeatures,
         coarse: torch.Tensor,
         sparse: torch.Tensor,
@@ -213,6 +222,8 @@ class SAM4EM(nn.Module):
         """Encode this slice's features, final prediction and object scores into `bank`."""
         if self.memory is None or bank is None:
             return
+        if output.object_score is None:
+            raise ValueError("remember() needs the object scores that SAM4EM's own decode() returns")
         coarse = features.coarse.repeat_interleave(self.num_classes, dim=0)
         logits = output.logits.reshape(-1, 1, self.image_size, self.image_size)
         bank.push(self.memory.encode(coarse, logits, output.object_score))

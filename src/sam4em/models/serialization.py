@@ -4,60 +4,60 @@ When the base is a pretrained public SAM2, only what fine-tuning changed is save
 decoders, prompt encoder, memory): the frozen image encoder comes back from the public weights.
 Otherwise (a from-scratch base) every weight is saved. ``config.yaml`` records the model format
 (`sam4em.models.model_format`); runs saved in an older format are converted on loading, with a warning.
+The model's declared `info` (base, build options, class names) is what ``config.yaml`` records, and
+what `load_model` gives the model back.
+
+`load_model` takes a run folder; a registered name is an architecture, not a trained model, and is
+refused (`UntrainedModelError`) unless its spec declares it a test model (``test-tiny``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from safetensors.torch import save_file
-from torch import nn
 
-from sam4em.models.checkpoint_files import read_safetensors
+from sam4em.errors import Sam4emError
+from sam4em.models.checkpoint_files import CheckpointError, read_safetensors
+from sam4em.models.compose import compose
+from sam4em.models.info import BuildOptions, SegmentationModel
 from sam4em.models.lora import is_lora_parameter
 from sam4em.models.model_format import FORMAT_VERSION, format_version, upgrade_state
-from sam4em.models.record_checks import check_model_record
-from sam4em.models.registry import (
-    BuildOptions,
-    CheckpointError,
-    build_model,
-    compose,
-    get_spec,
-    load_state_strict,
-)
-from sam4em.models.sam4em import SAM4EM
+from sam4em.models.record_checks import BASELINES, check_model_record
+from sam4em.models.registry import MODELS, ModelSpec, get_spec
+from sam4em.models.weights import load_state_strict
 
-_BASELINES = ("unet2d", "unet3d")
+__all__ = ["UntrainedModelError", "load_model", "model_record", "read_model_record", "save_model", "saved_state"]
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
-def model_record(model: nn.Module) -> dict[str, Any]:
-    """What `config.yaml` says about a model: its base, build options and which weights are saved."""
-    class_names = list(getattr(model, "class_names", []) or [])
-    if not isinstance(model, SAM4EM):  # a MONAI baseline (sam4em.models.unet)
-        build = {"num_classes": model.num_classes, "image_size": model.image_size}
-        if model.is_volumetric:
-            build["clip_length"] = model.clip_length
-        base = "unet3d" if model.is_volumetric else "unet2d"
-        return {"base": base, "pretrained_base": False, "base_weights": None, "weights": "full", "build": build,
-                "class_names": class_names}
+class UntrainedModelError(Sam4emError):
+    """A registered name given where a trained model is needed (a name is an architecture, not a trained model)."""
+
+
+def model_record(model: SegmentationModel) -> dict[str, Any]:
+    """What `config.yaml` says about a model: its declared `info` and which weights are saved."""
+    info = model.info
     return {
-        "base": model.spec_name,
-        "pretrained_base": bool(model.pretrained_base),
+        "base": info.base,
+        "pretrained_base": info.pretrained_base,
         # A hub id, a folder or a Meta .pt file: where the frozen weights come back from on loading.
-        "base_weights": model.weights_source,
+        "base_weights": info.weights_source,
         "weights": "adapters" if _frozen_encoder(model) else "full",
-        "build": model.build_options.to_dict(),
-        "class_names": class_names,
+        "build": info.build_options.to_dict(),
+        "class_names": list(info.class_names),
     }
 
 
-def saved_state(model: SAM4EM) -> dict:
+def saved_state(model: SegmentationModel) -> dict[str, torch.Tensor]:
     """The tensors to save: all of them, or all but the frozen pretrained image encoder."""
     state = model.state_dict()
     if _frozen_encoder(model):
@@ -65,12 +65,13 @@ def saved_state(model: SAM4EM) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def _frozen_encoder(model: SAM4EM) -> bool:
+def _frozen_encoder(model: SegmentationModel) -> bool:
     """Whether the image encoder is pretrained and frozen (LoRA): then it comes back from its source."""
-    return bool(getattr(model, "pretrained_base", False)) and model.build_options.finetune == "lora"
+    options = model.info.build_options
+    return model.info.pretrained_base and isinstance(options, BuildOptions) and options.finetune == "lora"
 
 
-def save_model(model: SAM4EM, directory: str | Path, *, extra_sections: dict[str, Any] | None = None) -> Path:
+def save_model(model: SegmentationModel, directory: str | Path, *, extra_sections: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.yaml`` into `directory`, each atomically.
 
     `extra_sections` (e.g. the training config) are written beside the ``model`` section.
@@ -83,7 +84,7 @@ def save_model(model: SAM4EM, directory: str | Path, *, extra_sections: dict[str
     return directory
 
 
-def _atomic(target: Path, write) -> None:
+def _atomic(target: Path, write: Callable[[str], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -113,22 +114,47 @@ def read_model_record(directory: str | Path) -> dict[str, Any]:
     return check_model_record(record, path)
 
 
-def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4EM:
-    """A trained model from its folder, or a registry name (random or pretrained weights as built)."""
+def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SegmentationModel:
+    """A trained model from its run folder, with the class names it was trained on (`model.info`).
+
+    A registered name is an architecture, not a trained model, and is refused (`UntrainedModelError`),
+    except the test models (`ModelSpec.is_test_model`, e.g. ``test-tiny``), which come with seeded random weights.
+    """
     path = Path(run_dir_or_id)
-    if not path.is_dir():
-        get_spec(str(run_dir_or_id))  # a clear error for names that are neither
-        model = build_model(str(run_dir_or_id), pretrained=False)
-        return model.to(device) if device else model
+    model = _load_run(path) if path.is_dir() else compose(loadable_spec(str(run_dir_or_id)), BuildOptions())
+    model.eval()
+    return model.to(device) if device else model
+
+
+def loadable_spec(name: str) -> ModelSpec:
+    """The spec of a name `load_model` accepts (a test model), or a one-line refusal naming the fix."""
+    spec = get_spec(name)  # a clear error for names that are neither a folder nor registered
+    if spec.is_test_model:
+        return spec
+    tests = ", ".join(n for n, s in sorted(MODELS.items()) if s.is_test_model)
+    untrained = "its prompt generator and adapters" if spec.has_pretrained_weights else "all its weights"
+    raise UntrainedModelError(
+        f"{name}: a base architecture, not a trained model ({untrained} would be random); train a model on it "
+        f"(`sam4em train` with model.base: {name}) and pass its run folder, or use a test model ({tests}) "
+        "for a smoke test with random weights"
+    )
+
+
+def _load_run(path: Path) -> SegmentationModel:
     record = read_model_record(path)
     version = format_version(record, source=str(path / CONFIG_FILE))
-    if record["base"] in _BASELINES:
-        from sam4em.models import unet  # MONAI is slow to import; only baselines need it
+    class_names = record.get("class_names") or ()
+    model: SegmentationModel
+    if record["base"] in BASELINES:
+        from sam4em.models.unet import UNet2D, UNet3D  # MONAI is slow to import; only baselines need it
 
-        model = (unet.UNet3D if record["base"] == "unet3d" else unet.UNet2D)(**record["build"])
+        baseline = UNet3D if record["base"] == "unet3d" else UNet2D
+        model = baseline(**record["build"], class_names=class_names)
     else:
         options = BuildOptions(**record["build"])
-        model = compose(get_spec(record["base"]), options, weights_source=record.get("base_weights"))
+        model = compose(
+            get_spec(record["base"]), options, weights_source=record.get("base_weights"), class_names=class_names
+        )
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no such file; the run may not have finished (see its checkpoints/)")
@@ -138,6 +164,4 @@ def load_model(run_dir_or_id: str | Path, *, device: str | None = None) -> SAM4E
         missing = set(saved_state(model)) - set(state)
         if missing:
             raise CheckpointError(f"{weights}: {len(missing)} tensors missing, e.g. {sorted(missing)[:5]}")
-    model.class_names = record.get("class_names", [])
-    model.eval()
-    return model.to(device) if device else model
+    return model

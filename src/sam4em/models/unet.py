@@ -2,30 +2,34 @@
 
 `UNet2D` segments slice by slice (no memory), so every inference path that runs SAM4EM runs it
 too. `UNet3D` sees clips of K slices; it predicts whole volumes by MONAI's sliding-window inference.
+Both declare themselves in `info` (base ``unet2d`` / ``unet3d``, `BaselineOptions`, class names).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
-from torch import nn
 
+from sam4em.models.info import BaselineOptions, ModelInfo, SegmentationModel, class_names_tuple
 from sam4em.models.sam4em import ClipOutput, SliceOutput
 
 CHANNELS = (16, 32, 64, 128, 256)
 
 
-class UNet2D(nn.Module):
+class UNet2D(SegmentationModel):
     """MONAI 2D U-Net (channels 16-256, 2 residual units): (B, 1, S, S) -> logits (B, C, S, S)."""
 
-    is_volumetric = False
+    info: ModelInfo[BaselineOptions]
 
-    def __init__(self, *, num_classes: int, image_size: int, channels: tuple[int, ...] = CHANNELS) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.image_size = image_size
+    def __init__(
+        self, *, num_classes: int, image_size: int, class_names: Sequence[str] = (), channels: tuple[int, ...] = CHANNELS
+    ) -> None:
+        options = BaselineOptions(num_classes=num_classes, image_size=image_size)
+        super().__init__(info=ModelInfo(base="unet2d", build_options=options, class_names=class_names_tuple(class_names)))
         self.net = UNet(
             spatial_dims=2,
             in_channels=1,
@@ -34,9 +38,6 @@ class UNet2D(nn.Module):
             strides=(2,) * (len(channels) - 1),
             num_res_units=2,
         )
-
-    def new_memory_bank(self) -> None:
-        return None
 
     def forward(self, images: torch.Tensor, bank: None = None) -> SliceOutput:
         logits = self.net(images)
@@ -48,20 +49,25 @@ class UNet2D(nn.Module):
         return ClipOutput(stage1=logits, stage2=None)
 
 
-class UNet3D(nn.Module):
+class UNet3D(SegmentationModel):
     """MONAI 3D U-Net with in-plane-only downsampling in the first level (EM is anisotropic).
 
     Clips (B, K, 1, S, S) -> logits (B, K, C, S, S).
     """
 
-    is_volumetric = True
+    info: ModelInfo[BaselineOptions]
 
     def __init__(
-        self, *, num_classes: int, image_size: int, clip_length: int = 8, channels: tuple[int, ...] = CHANNELS
+        self,
+        *,
+        num_classes: int,
+        image_size: int,
+        clip_length: int = 8,
+        class_names: Sequence[str] = (),
+        channels: tuple[int, ...] = CHANNELS,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.image_size = image_size
+        options = BaselineOptions(num_classes=num_classes, image_size=image_size, clip_length=clip_length)
+        super().__init__(info=ModelInfo(base="unet3d", build_options=options, class_names=class_names_tuple(class_names)))
         self.clip_length = clip_length
         # z is halved only while the clip length stays even (so that up-sampling restores it exactly);
         # the remaining levels pool in-plane only.
@@ -74,12 +80,10 @@ class UNet3D(nn.Module):
             in_channels=1,
             out_channels=num_classes,
             channels=channels,
-            strides=strides,
+            # MONAI's annotation says Sequence[int]; its convolutions also take one stride per axis.
+            strides=strides,  # type: ignore[arg-type]
             num_res_units=2,
         )
-
-    def new_memory_bank(self) -> None:
-        return None
 
     def forward_clip(self, clip: torch.Tensor) -> ClipOutput:
         volume = clip.permute(0, 2, 1, 3, 4)  # (B, 1, K, S, S)

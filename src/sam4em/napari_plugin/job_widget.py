@@ -14,17 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, create_widget
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 
-__all__ = ["Cancelled", "JobWidget", "devices", "one_line", "pair_or_auto"]
+__all__ = ["Cancelled", "JobWidget", "devices", "layer_choice", "one_line", "pair_or_auto"]
 
 
 def devices() -> list[str]:
     """Devices to offer: the CPU and each CUDA device (the first GPU is the default when present)."""
     gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return [*gpus, "cpu"]
+
+
+def layer_choice(annotation: Any, label: str, options: dict[str, Any] | None = None) -> ComboBox:
+    """A drop-down of the viewer's layers of one type (``napari.layers.Labels``, ``Image | None`` ...);
+    napari fills its choices and refreshes them when layers change."""
+    widget = create_widget(annotation=annotation, label=label, options=options)
+    if not isinstance(widget, ComboBox):
+        raise TypeError(f"{label}: napari made a {type(widget).__name__} for {annotation}, not a drop-down of layers")
+    return widget
 
 
 def one_line(error: BaseException) -> str:

@@ -13,12 +13,15 @@ import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sam4em.io import VolumeError, create_volume, open_volume
 from sam4em.io.output_record import RUN_RECORD
+
+if TYPE_CHECKING:  # the library (torch) is imported only when a job runs
+    from sam4em.inference.options import SegmentOptions
 
 LayerData = tuple[Any, dict[str, Any], str]
 #: Results up to this many voxels are loaded into memory (editable layers); larger ones stay lazy on disk.
@@ -47,7 +50,8 @@ def write_layer(data: Any, scale: Sequence[float], path: Path) -> Path:
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "biuf":
         raise ValueError(f"layer of dtype {dtype}: sam4em needs grey values or labels (integers or floats)")
-    with create_volume(path, shape, dtype, voxel_size=voxel_size(scale)) as out:
+    out = create_volume(path, shape, dtype, voxel_size=voxel_size(scale))
+    with out:
         for z in range(shape[0]):
             out[z] = np.asarray(data[z] if len(data.shape) == 3 else data)
     return path
@@ -68,28 +72,20 @@ def segment_layer(
     scale: Sequence[float],
     model: Any,
     workdir: Path,
+    options: SegmentOptions,
     *,
     name: str,
-    output_type: str = "labels",
     progress: Callable[[int, int], None] | None = None,
     stop: Any = None,
-    **options: Any,
 ) -> list[LayerData]:
-    """Segment a layer with ``segment_to_file`` (``options``: its keywords) and return the result
-    layers at the layer's scale: one labels layer, or one image layer per class for probabilities."""
+    """Segment a layer with ``segment_to_file`` and return the result layers at the layer's scale:
+    one labels layer, or one image layer per class for probabilities."""
     from sam4em.inference.streaming import segment_to_file
 
     squeeze = len(data.shape) == 2
     source = write_layer(data, scale, workdir / "input.zarr")
-    out = segment_to_file(
-        source,
-        workdir / "output.zarr",
-        model,
-        output_type=output_type,
-        progress=progress,
-        stop=stop,
-        **options,
-    )
+    out = segment_to_file(source, workdir / "output.zarr", model, options, progress=progress, stop=stop)
+    output_type = options.output_type
     layer_scale = tuple(float(s) for s in scale)
     with open_volume(out, _first_key(out) if output_type == "probs" else output_type) as first:
         names = _class_names(first.attrs)
@@ -157,24 +153,8 @@ def train_from_layers(
     from sam4em.training.config import config_from_dict
     from sam4em.training.trainer import train
 
-    if as_volume_shape(image.shape) != as_volume_shape(labels.shape):
-        raise ValueError(f"image {tuple(image.shape)} and labels {tuple(labels.shape)} differ in shape")
-    data = run_dir / "data"
-    paths = {"image": data / "image.zarr", "labels": data / "labels.zarr"}
-    if not (resume and all(p.exists() for p in paths.values())):
-        if paths["image"].exists() and not resume:
-            raise VolumeError(f"{run_dir}: already holds a run (tick resume, or pick a new folder)")
-        data.mkdir(parents=True, exist_ok=True)
-        write_layer(image, scale, paths["image"])
-        write_layer(labels, scale, paths["labels"])
-    volume: dict[str, Any] = {
-        "image": str(paths["image"]),
-        "labels": str(paths["labels"]),
-        "val_fraction": val_fraction,
-    }
-    if sparse:
-        with open_volume(paths["labels"]) as saved:
-            volume["labelled_slices"] = [z for z in range(saved.shape[0]) if saved[z].any()]
+    volume = _saved_training_volume(image, labels, scale, run_dir, resume=resume, sparse=sparse)
+    volume["val_fraction"] = val_fraction
     stages = [1, 2] if stage2_steps > 0 else [1]
     totals = {1: stage1_steps, 2: stage2_steps}
     budget = minutes * 60 if minutes > 0 else None
@@ -211,6 +191,27 @@ def train_from_layers(
         return should_stop is not None and should_stop(stage, step)
 
     return train(config, run_dir, resume=resume, progress=False, should_stop=stop_or_report)
+
+
+def _saved_training_volume(
+    image: Any, labels: Any, scale: Sequence[float], run_dir: Path, *, resume: bool, sparse: bool
+) -> dict[str, Any]:
+    """The layers saved to ``run_dir/data/`` (a resume reuses the saved copies), as a config volume."""
+    if as_volume_shape(image.shape) != as_volume_shape(labels.shape):
+        raise ValueError(f"image {tuple(image.shape)} and labels {tuple(labels.shape)} differ in shape")
+    data = run_dir / "data"
+    paths = {"image": data / "image.zarr", "labels": data / "labels.zarr"}
+    if not (resume and all(p.exists() for p in paths.values())):
+        if paths["image"].exists() and not resume:
+            raise VolumeError(f"{run_dir}: already holds a run (tick resume, or pick a new folder)")
+        data.mkdir(parents=True, exist_ok=True)
+        write_layer(image, scale, paths["image"])
+        write_layer(labels, scale, paths["labels"])
+    volume: dict[str, Any] = {"image": str(paths["image"]), "labels": str(paths["labels"])}
+    if sparse:
+        with open_volume(paths["labels"]) as saved:
+            volume["labelled_slices"] = [z for z in range(saved.shape[0]) if saved[z].any()]
+    return volume
 
 
 def latest_validation(run_dir: Path) -> tuple[int, int, float] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from sam4em.io import VolumeError, open_volume
 from sam4em.io.ome_zarr_output import PROBABILITIES, is_ome_output, open_output
 from sam4em.io.output_record import OutputRecord, read_output_record
 from sam4em.napari_plugin.jobs import IN_MEMORY_VOXELS
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["get_reader", "read_output", "read_run_folder"]
 
@@ -87,15 +90,20 @@ def read_output(path: Path) -> list[LayerData]:
     return layers
 
 
+def _ome(group: zarr.Group) -> dict[str, Any]:
+    """A group's ``ome`` attributes (NGFF 0.5) as plain JSON (zarr types attribute values as a JSON union)."""
+    return cast("dict[str, Any]", group.attrs["ome"])
+
+
 def _pyramid(path: Path, key: str | None) -> tuple[list[Any], tuple[float, float, float], list[str]]:
     import zarr
 
     group = zarr.open_group(str(path / key) if key else str(path), mode="r")
-    meta = group.attrs["ome"]["multiscales"][0]
+    meta = _ome(group)["multiscales"][0]
     levels = [group[d["path"]] for d in meta["datasets"]]
     with open_output(path, key) as volume:
         scale = volume.voxel_size or (1.0, 1.0, 1.0)
-    channels = [c["label"] for c in group.attrs["ome"].get("omero", {}).get("channels", [])]
+    channels = [c["label"] for c in _ome(group).get("omero", {}).get("channels", [])]
     return levels, scale, channels
 
 
@@ -121,7 +129,8 @@ def _read_ome(path: Path) -> list[LayerData]:
             data, multiscale = _levels([da.from_zarr(level)[c] for level in levels])
             kwargs = {"name": f"{name} probability", "scale": scale, "multiscale": multiscale}
             layers.append((data, {**kwargs, "colormap": "magma", "blending": "additive"}, "image"))
-    for name in root["labels"].attrs["ome"].get("labels", []) if "labels" in root else []:
+    labels = root.get("labels")
+    for name in _ome(labels).get("labels", []) if isinstance(labels, zarr.Group) else []:
         levels, scale, _ = _pyramid(path, f"labels/{name}")
         data, multiscale = _levels(levels)
         layers.append((data, {"name": name, "scale": scale, "multiscale": multiscale}, "labels"))

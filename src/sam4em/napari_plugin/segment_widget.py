@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, LineEdit, SpinBox, create_widget
+from magicgui.widgets import ComboBox, LineEdit, SpinBox
 from napari.layers import Image, Layer
 
-from sam4em.napari_plugin.job_widget import JobWidget, devices, pair_or_auto
+from sam4em.napari_plugin.job_widget import JobWidget, devices, layer_choice, pair_or_auto
 from sam4em.napari_plugin.jobs import segment_layer
 
 __all__ = ["SegmentWidget"]
@@ -27,7 +27,7 @@ class SegmentWidget(JobWidget):
 
     def __init__(self, viewer: Any) -> None:
         super().__init__(viewer, "Segment")
-        self.image = create_widget(annotation=Image, label="image")
+        self.image = layer_choice(Image, "image")
         self.model = LineEdit(
             label="model", value="cpu-small", tooltip="a trained run folder, or a model name"
         )
@@ -61,14 +61,16 @@ class SegmentWidget(JobWidget):
         source = self.model.value.strip()
         if not source:
             raise ValueError("model: give a trained run folder or a model name (see `sam4em models`)")
-        options = {
-            "output_type": self.output_type.value,
-            "tile_shape": pair_or_auto(self.tile.value, "tile"),
-            "halo": pair_or_auto(self.halo.value, "halo"),
-            "direction": self.direction.value,
-            "device": self.device.value,
-            "block_size": int(self.block_size.value),
-        }
+        from sam4em.inference.options import SegmentOptions
+
+        options = SegmentOptions(
+            output_type=self.output_type.value,
+            tile_shape=pair_or_auto(self.tile.value, "tile"),
+            halo=pair_or_auto(self.halo.value, "halo"),
+            direction=self.direction.value,
+            device=self.device.value,
+            block_size=int(self.block_size.value),
+        )
         data, scale, name = layer.data, tuple(layer.scale), layer.name
         if layer.multiscale:
             data = data[0]  # the full-resolution level
@@ -78,10 +80,10 @@ class SegmentWidget(JobWidget):
         def job() -> list[Any]:
             from sam4em.models import load_model
 
-            model = load_model(source, device=options["device"])
+            model = load_model(source, device=options.device)
             workdir = Path(tempfile.mkdtemp(prefix="sam4em-segment-"))
             layers = segment_layer(
-                data, scale, model, workdir, name=name, progress=self.report, stop=self.stop, **options
+                data, scale, model, workdir, options, name=name, progress=self.report, stop=self.stop
             )
             if all(isinstance(d, np.ndarray) for d, _, _ in layers):
                 shutil.rmtree(workdir, ignore_errors=True)  # results are in memory: the store is not needed

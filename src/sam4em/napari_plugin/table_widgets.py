@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, LineEdit, PushButton, Table, create_widget
+from magicgui.widgets import ComboBox, LineEdit, PushButton, Table
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QApplication
 
 from sam4em.data.class_mapping import ClassMapping
-from sam4em.napari_plugin.job_widget import JobWidget
+from sam4em.napari_plugin.job_widget import JobWidget, layer_choice
 from sam4em.napari_plugin.jobs import default_classes, voxel_size
 
 __all__ = ["EvaluateWidget", "MeasureWidget", "table_text"]
@@ -32,7 +32,9 @@ def table_text(columns: dict[str, list[Any]]) -> str:
 
 
 def _copy(text: str) -> None:
-    QApplication.clipboard().setText(text)
+    clipboard = QApplication.clipboard()  # None only without a QApplication, which a dock widget implies
+    if clipboard is not None:
+        clipboard.setText(text)
 
 
 class EvaluateWidget(JobWidget):
@@ -40,13 +42,13 @@ class EvaluateWidget(JobWidget):
 
     def __init__(self, viewer: Any) -> None:
         super().__init__(viewer, "Evaluate")
-        self.pred = create_widget(annotation=Labels, label="prediction")
-        self.gt = create_widget(annotation=Labels, label="ground truth")
+        self.pred = layer_choice(Labels, "prediction")
+        self.gt = layer_choice(Labels, "ground truth")
         self.classes = LineEdit(
             label="classes", value="", tooltip="ground-truth codes, e.g. mito=255 (empty: all)"
         )
         self.pred_classes = LineEdit(
-            label="pred classes", value="", tooltip="codes in the prediction (empty: same)"
+            label="pred classes", value="", tooltip="codes in the prediction (empty: 1..C in classes order)"
         )
         self.table = Table(value={"class": []})
         self.copy = PushButton(text="Copy table")
@@ -93,8 +95,9 @@ class MeasureWidget(JobWidget):
 
     def __init__(self, viewer: Any) -> None:
         super().__init__(viewer, "Measure")
-        self.labels = create_widget(annotation=Labels, label="labels")
-        self.probs = create_widget(annotation=Image | None, label="probabilities", options={"nullable": True})
+        # Not `self.labels`: that is the Container's own switch for showing field labels.
+        self.labels_layer = layer_choice(Labels, "labels")
+        self.probs = layer_choice(Image | None, "probabilities", options={"nullable": True})
         self.objects = ComboBox(label="objects", choices=["components", "ids"], value="components",
                                 tooltip="components per class code, or each value an object (instances)")  # fmt: skip
         self.classes = LineEdit(label="classes", value="", tooltip="e.g. mito=1,glia=2 (empty: every code)")
@@ -102,7 +105,7 @@ class MeasureWidget(JobWidget):
         self.csv_path = LineEdit(label="CSV", value=str(Path.home() / "objects.csv"))
         self.save = PushButton(text="Save CSV")
         self.save.changed.connect(self.save_csv)
-        self.extend([self.labels, self.probs, self.objects, self.classes])
+        self.extend([self.labels_layer, self.probs, self.objects, self.classes])
         self.add_job_controls()
         self.extend([self.table, self.csv_path, self.save])
         self.result: dict[str, np.ndarray] = {}
@@ -111,7 +114,7 @@ class MeasureWidget(JobWidget):
     def prepare(self) -> Callable[[], Any]:
         from sam4em.evaluation.measure import measure_objects
 
-        layer = self.labels.value
+        layer = self.labels_layer.value
         if layer is None:
             raise ValueError("choose a labels layer")
         data = layer.data if len(layer.data.shape) == 3 else np.asarray(layer.data)[None]

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, SpinBox
 from napari.layers import Image, Labels
 
 from sam4em.models.registry import MODELS
-from sam4em.napari_plugin.job_widget import JobWidget, devices
+from sam4em.napari_plugin.job_widget import JobWidget, devices, layer_choice
 from sam4em.napari_plugin.jobs import default_classes, latest_validation, train_from_layers
 
 __all__ = ["TrainWidget"]
@@ -22,8 +22,9 @@ class TrainWidget(JobWidget):
 
     def __init__(self, viewer: Any) -> None:
         super().__init__(viewer, "Train")
-        self.image = create_widget(annotation=Image, label="image")
-        self.labels = create_widget(annotation=Labels, label="labels")
+        self.image = layer_choice(Image, "image")
+        # Not `self.labels`: that is the Container's own switch for showing field labels.
+        self.labels_layer = layer_choice(Labels, "labels")
         self.classes = LineEdit(
             label="classes", value="", tooltip="e.g. mito=1,glia=2 (empty: every code in the labels)"
         )
@@ -44,7 +45,7 @@ class TrainWidget(JobWidget):
         self.resume = CheckBox(label="resume", tooltip="continue a stopped run in the run folder")
         self.dice = Label(label="validation Dice", value="-")
         self.extend(
-            [self.image, self.labels, self.classes, self.base, self.run_dir, self.stage1_steps, self.stage2_steps, self.minutes,
+            [self.image, self.labels_layer, self.classes, self.base, self.run_dir, self.stage1_steps, self.stage2_steps, self.minutes,
              self.batch_size, self.device, self.sparse, self.resume, self.dice]
         )  # fmt: skip
         self.add_job_controls()
@@ -52,7 +53,7 @@ class TrainWidget(JobWidget):
         self._folder: Path | None = None
 
     def prepare(self) -> Callable[[], Any]:
-        image, labels = self.image.value, self.labels.value
+        image, labels = self.image.value, self.labels_layer.value
         if image is None or labels is None:
             raise ValueError("choose an image layer and its labels layer")
         folder = Path(self.run_dir.value).expanduser()

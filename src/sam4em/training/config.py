@@ -1,7 +1,8 @@
 """Training configuration: YAML on disk, dataclasses underneath.
 
-A config names the training volumes (with their class mapping and validation split), the base
-model and its build options, and the two stages. ``${VAR}`` in strings is expanded from the
+A config names the training volumes (with their class mapping and validation split), the method
+(`sam4em.training.methods`), the base model and its build options, and the stages to run (unset: every
+stage the method trains). ``${VAR}`` in strings is expanded from the
 environment (``${SAM4EM_DATA_DIR}`` in the example configs); ``--set key=value`` overrides any field
 by its dotted path, with the value parsed as YAML (``--set stages=[2]``, ``--set stage1.steps=50``).
 """
@@ -17,11 +18,24 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-Method = Literal["sam4em", "sam4em-no-enhancer", "two-stage-no-memory", "samed", "unet2d", "unet3d"]
+from sam4em.models import BuildOptions
+from sam4em.training.config_error import ConfigError
+from sam4em.training.methods import METHOD_NAMES, METHODS
+from sam4em.training.presets import fill_unset
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used: unknown key, wrong type, missing file."""
+__all__ = [
+    "ConfigError",
+    "LossConfig",
+    "ModelConfig",
+    "StageConfig",
+    "TrainConfig",
+    "VolumeConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "validate",
+]
 
 
 @dataclass
@@ -46,16 +60,21 @@ class VolumeConfig:
 
 @dataclass
 class ModelConfig:
+    """The base and the build options of the model to train.
+
+    In YAML the `CONFIGURABLE_BUILD_OPTIONS` sit flat beside `base` (``model: {base: cpu-small,
+    lora_rank: 4}``); the other `BuildOptions` fields follow from the method and the classes.
+    """
+
     base: str = "cpu-small"
     pretrained: bool = False
-    image_size: int | None = None
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    decoder_lora: bool = True
-    memory_capacity: int = 6
-    finetune: Literal["lora", "full"] | None = None
-    # Meta's stability-based multimask fallback at inference (sam4em.models.registry.BuildOptions).
-    multimask_fallback: bool = False
+    build: BuildOptions = field(default_factory=BuildOptions)
+
+
+#: The `BuildOptions` fields a config sets under ``model:`` (the others: `METHODS` and ``classes``).
+CONFIGURABLE_BUILD_OPTIONS = (
+    "image_size", "lora_rank", "lora_alpha", "decoder_lora", "memory_capacity", "finetune", "multimask_fallback"
+)
 
 
 @dataclass
@@ -85,10 +104,11 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    method: Method = "sam4em"
+    method: str = "sam4em"  # a name in sam4em.training.methods.METHODS
     classes: str = "mito=255"
     volumes: list[VolumeConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # A config that leaves `stages` out gets every stage its method trains (`config_from_dict`).
     stages: list[int] = field(default_factory=lambda: [1, 2])
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
@@ -142,9 +162,25 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _build_model_config(data: Any, where: str) -> ModelConfig:
+    """`ModelConfig` from its flat YAML form: `base`, `pretrained` and the `CONFIGURABLE_BUILD_OPTIONS`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = ("base", "pretrained", *CONFIGURABLE_BUILD_OPTIONS)
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    hints = get_type_hints(ModelConfig)
+    top = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items() if k in ("base", "pretrained")}
+    options = {k: v for k, v in data.items() if k in CONFIGURABLE_BUILD_OPTIONS}
+    return ModelConfig(**top, build=_build(BuildOptions, options, where))
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if hint is ModelConfig:
+        return _build_model_config(value, where)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is list:
         (item,) = get_args(hint)
@@ -187,8 +223,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
-    data = apply_overrides(dict(data or {}), overrides or [])
-    config = _build(TrainConfig, _expand(data), "")
+    """A checked `TrainConfig` from plain data (a YAML document, or a run's recorded config) and overrides.
+
+    Without `stages` the config runs every stage its method trains (`MethodSpec.stages`).
+    """
+    data = _expand(apply_overrides(dict(data or {}), overrides or []))
+    method = data.get("method", TrainConfig.method)
+    if "stages" not in data and isinstance(method, str) and method in METHODS:
+        data["stages"] = METHODS[method].stages
+    config: TrainConfig = _build(TrainConfig, data, "")
     validate(config)
     return config
 
@@ -205,8 +248,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, preset:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     try:
         if preset is not None and isinstance(data, dict):
-            from sam4em.training.presets import fill_unset
-
             data, overrides = fill_unset(apply_overrides(dict(data), overrides or []), preset), []
         return config_from_dict(data, overrides)
     except ConfigError as error:
@@ -214,17 +255,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, preset:
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Plain data of `config` in the form a YAML config is written in (`config_from_dict` reads it back)."""
+    data = dataclasses.asdict(config)
+    build = data["model"].pop("build")
+    data["model"].update({key: build[key] for key in CONFIGURABLE_BUILD_OPTIONS})
+    return data
 
 
 def validate(config: TrainConfig) -> None:
+    """Refuse, with one line naming the field and the fix, a config that cannot train (changes nothing)."""
+    if config.method not in METHODS:
+        raise ConfigError(f"method: {config.method!r} is not one of {', '.join(METHOD_NAMES)}")
     if not config.volumes:
         raise ConfigError("volumes: at least one training volume is needed")
     if config.stages not in ([1], [2], [1, 2]):
         raise ConfigError(f"stages: expected [1], [2] or [1, 2], got {config.stages}")
-    if config.method in ("unet2d", "unet3d", "samed", "two-stage-no-memory") and 2 in config.stages:
-        # Methods without memory have nothing to learn in the 3D stage.
-        config.stages = [s for s in config.stages if s == 1] or [1]
+    if 2 in config.stages and not METHODS[config.method].has_memory:
+        raise ConfigError(
+            f"stages: {config.method} has no memory, so stage 2 (the 3D memory stage) has nothing to train; "
+            "set stages: [1] (--set stages=[1]) or leave `stages` out"
+        )
     for name in ("stage1", "stage2"):
         stage: StageConfig = getattr(config, name)
         if stage.steps < 0 or stage.batch_size < 1 or stage.lr <= 0:

@@ -1,52 +1,75 @@
-"""The compared methods, all built from one `TrainConfig` so they train on equal terms.
+"""The compared methods, in one table: every other module (config, presets, benchmark, CLI help) reads
+their names and traits from `METHODS`. All are built from one `TrainConfig`, so they train on equal terms
+(`sam4em.training.method_builder`).
 
 - ``sam4em``: the full method (enhancer, prompt generator, two stages, memory).
 - ``sam4em-no-enhancer``: ablation without the feature enhancer.
 - ``two-stage-no-memory``: H-SAM-like, two decoding stages, no memory, 2D training only.
 - ``samed``: SAMed-like, SAM2 + LoRA with one decoder and static prompts, no memory.
 - ``unet2d`` / ``unet3d``: MONAI U-Nets trained from scratch.
+
+Adding a method = one entry here (and, for a new architecture, one branch in `build_method`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
-from torch import nn
+__all__ = ["METHODS", "METHOD_NAMES", "MethodSpec", "memory_methods"]
 
-from sam4em.models import build_model
-from sam4em.models.registry import base_spec
-from sam4em.models.unet import UNet2D, UNet3D
-from sam4em.training.config import TrainConfig
+Architecture = Literal["sam2", "unet2d", "unet3d"]
 
-SAM_METHODS: dict[str, dict[str, Any]] = {
-    "sam4em": {},
-    "sam4em-no-enhancer": {"enhancer": False},
-    "two-stage-no-memory": {"memory": False},
-    "samed": {"two_stage": False, "prompt_generator": False, "memory": False, "enhancer": False, "detail_head": False},
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method: its architecture and, for SAM2 methods, the `BuildOptions` it switches."""
+
+    name: str
+    architecture: Architecture
+    # `sam4em.models.BuildOptions` fields this method sets (SAM2 methods only), as (field, value) pairs.
+    build: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def has_memory(self) -> bool:
+        """It has a memory, so the 3D stage (stage 2) has something to train."""
+        return self.architecture == "sam2" and dict(self.build).get("memory", True)
+
+    @property
+    def stages(self) -> list[int]:
+        """The stages it trains: both with a memory, else only the 2D stage."""
+        return [1, 2] if self.has_memory else [1]
+
+    @property
+    def volumetric(self) -> bool:
+        """It trains on clips of slices in every stage (not only in stage 2)."""
+        return self.architecture == "unet3d"
+
+    @property
+    def from_scratch(self) -> bool:
+        """It has no pretrained SAM2 base (a MONAI U-Net)."""
+        return self.architecture != "sam2"
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("sam4em", "sam2"),
+        MethodSpec("sam4em-no-enhancer", "sam2", (("enhancer", False),)),
+        MethodSpec("two-stage-no-memory", "sam2", (("memory", False),)),
+        MethodSpec(
+            "samed",
+            "sam2",
+            (("two_stage", False), ("prompt_generator", False), ("memory", False), ("enhancer", False),
+             ("detail_head", False)),
+        ),
+        MethodSpec("unet2d", "unet2d"),
+        MethodSpec("unet3d", "unet3d"),
+    )
 }
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
-def build_method(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The untrained model of `config.method` for `num_classes` classes."""
-    m = config.model
-    image_size = m.image_size or base_spec(m.base).image_size
-    if config.method == "unet2d":
-        return UNet2D(num_classes=num_classes, image_size=image_size)
-    if config.method == "unet3d":
-        return UNet3D(num_classes=num_classes, image_size=image_size, clip_length=config.stage2.clip_length)
-    options = {
-        "image_size": m.image_size,
-        "lora_rank": m.lora_rank,
-        "lora_alpha": m.lora_alpha,
-        "decoder_lora": m.decoder_lora,
-        "memory_capacity": m.memory_capacity,
-        "finetune": m.finetune,
-        "multimask_fallback": m.multimask_fallback,
-        **SAM_METHODS[config.method],
-    }
-    return build_model(m.base, num_classes, pretrained=m.pretrained, **options)
-
-
-def is_clip_model(model: nn.Module, stage: int) -> bool:
-    """Whether `stage` trains `model` on clips (memory stage, or a volumetric U-Net) rather than slices."""
-    return stage == 2 or bool(getattr(model, "is_volumetric", False))
+def memory_methods() -> tuple[str, ...]:
+    """The methods that train a memory in stage 2."""
+    return tuple(name for name, spec in METHODS.items() if spec.has_memory)

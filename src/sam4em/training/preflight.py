@@ -13,6 +13,7 @@ import math
 
 from sam4em.data.samples import VolumeSource
 from sam4em.training.config import ConfigError, TrainConfig
+from sam4em.training.methods import METHODS
 
 
 def stage_depths(config: TrainConfig) -> dict[int, int]:
@@ -20,7 +21,7 @@ def stage_depths(config: TrainConfig) -> dict[int, int]:
 
     Stage 2 trains on clips; the volumetric U-Net (``unet3d``) trains on clips in every stage.
     """
-    clips_always = config.method == "unet3d"
+    clips_always = METHODS[config.method].volumetric
     return {stage: config.stage2.clip_length if (stage == 2 or clips_always) else 1 for stage in config.stages}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sam4em.training.config import ConfigError
+from sam4em.training.config_error import ConfigError
 
 # The config fields a preset may fill, by their dotted path.
 PRESET_KEYS = ("stage1.batch_size", "stage2.batch_size", "stage2.clip_length", "grad_accumulation")

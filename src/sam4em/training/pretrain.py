@@ -30,11 +30,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sam4em.data.unlabelled import UnlabelledCrops, UnlabelledVolume
+from sam4em.models import MODELS
 from sam4em.models.encoder_weights import ENCODER_FILE, PRETRAIN_CONFIG
 from sam4em.models.masked_image import DECODER_STRIDE, MaskedImageModel, build_masked_image_model
 from sam4em.training.checkpoint import load_checkpoint, save_checkpoint
+from sam4em.training.run_log import Interrupt, MetricsLog
 from sam4em.training.schedule import budget_used, lr_factor
-from sam4em.training.trainer import _Interrupt, _MetricsLog
 
 
 @dataclass
@@ -131,7 +132,7 @@ def pretrain(
     model = build_masked_image_model(
         settings.base, pretrained=settings.pretrained, image_size=settings.image_size, mask_unit=settings.mask_unit
     )
-    size = settings.image_size or int(model.encoder.config.backbone_config.image_size[0])
+    size = settings.image_size or MODELS[settings.base].image_size  # as build_masked_image_model chose
     crops = UnlabelledCrops(sources, crop_size=size, samples=2**62, seed=settings.seed)
     _prepare(out_dir, settings, resume=resume)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
@@ -141,9 +142,9 @@ def pretrain(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, seconds_before = checkpoint["step"], checkpoint["seconds"]
-    log = _MetricsLog(out_dir, (), enabled=True, tensorboard=settings.tensorboard)
+    log = MetricsLog(out_dir, (), enabled=True, tensorboard=settings.tensorboard)
     log.truncate_after(0, step)
-    interrupt = _Interrupt(should_stop)
+    interrupt = Interrupt(should_stop)
     bar = tqdm(total=settings.steps, initial=step, desc="pretrain", disable=not progress, leave=False)
     started = time.time()
     loss_value = float("nan")

@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 
 from sam4em.evaluation.results_file import write_json
+from sam4em.training.methods import METHODS
 
-METHODS = ("sam4em", "sam4em-no-enhancer", "two-stage-no-memory", "samed", "unet2d", "unet3d")
 DATASETS = ("lucchi_pp", "isbi2012", "vnc")
 #: Exit status of a run process stopped by SIGINT/SIGTERM (as a shell reports Ctrl-C).
 EXIT_INTERRUPTED = 130
-MEMORY_METHODS = ("sam4em", "sam4em-no-enhancer")
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def dataset_plans(data_dir: Path, *, full_test: bool) -> dict[str, DatasetPlan]:
 
 def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, Any]:
     """The training config of one run: equal wall-clock budget for every method."""
-    with_memory = method in MEMORY_METHODS
+    with_memory = METHODS[method].has_memory
     stage1_seconds = profile.train_seconds * ((1 - profile.memory_share) if with_memory else 1.0)
     volume: dict[str, Any] = {"image": plan.train_image, "labels": plan.train_labels, "val_fraction": plan.val_fraction}
     if plan.train_z is not None:
@@ -176,6 +175,7 @@ def segment_test_crop(
     from sam4em.inference.segment import segment_volume
     from sam4em.io import open_volume, parse_path_key
     from sam4em.models import load_model
+    from sam4em.models.unet import UNet3D
 
     model = load_model(run_dir)
     (z0, z1), (y0, y1), (x0, x1) = crop
@@ -186,7 +186,7 @@ def segment_test_crop(
         labels = np.asarray(label_volume[z0:z1, y0:y1, x0:x1])
         bounds = volume_percentiles(image_volume)
     started = time.time()
-    if getattr(model, "is_volumetric", False):
+    if isinstance(model, UNet3D):
         probs = model.predict_volume(percentile_normalize(image, bounds=bounds))
     else:
         probs = segment_volume(image, model, direction="both")
@@ -222,8 +222,8 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
     return {
         "dataset": plan.name,
         "method": method,
-        "base": profile.base if method not in ("unet2d", "unet3d") else "monai-unet",
-        "weights": "pretrained" if profile.pretrained and method not in ("unet2d", "unet3d") else "random init (from scratch)",
+        "base": "monai-unet" if METHODS[method].from_scratch else profile.base,
+        "weights": "pretrained" if profile.pretrained and not METHODS[method].from_scratch else "random init (from scratch)",
         "train_seconds": round(train_seconds, 1),
         "steps_stage1": result.steps.get(1, 0),
         "steps_stage2": result.steps.get(2, 0),
@@ -293,7 +293,7 @@ def run_benchmark(
     continues where it stopped. Returns the path of ``results.md``. Raises KeyboardInterrupt when
     stopped (SIGINT/SIGTERM), after the running pair saved its training checkpoint.
     """
-    from sam4em.demo import find_data_dir
+    from sam4em.workflows.demo import find_data_dir
 
     settings = PROFILES[profile]
     unknown = set(methods or []) - set(METHODS) or set(datasets or []) - set(DATASETS)
@@ -359,11 +359,12 @@ def write_results(records: list[dict[str, Any]], out: Path, profile: Profile, da
 
 
 def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
-    from sam4em.evaluation.plots import plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list is touched
 
     groups = sorted({(r["dataset"], r["class"]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    fig = Figure(figsize=(max(6, 1.6 * len(groups)), 4))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         values = [next((r["iou"] for r in rows if (r["dataset"], r["class"]) == g and r["method"] == method), 0) for g in groups]
@@ -373,6 +374,5 @@ def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 

@@ -16,11 +16,11 @@ import numpy as np
 
 from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir
 from sam4em.evaluation import evaluate_volumes, format_table
-from sam4em.evaluation.plots import save_overlay_grid
 from sam4em.evaluation.results_file import write_json
 from sam4em.inference.segment import segment_volume
 from sam4em.models import load_model
 from sam4em.training.config import config_from_dict
+from sam4em.training.plots import save_overlay_grid
 from sam4em.training.trainer import train
 
 # A test crop small enough to segment in about a minute on two cores: 16 slices, 384 x 384.

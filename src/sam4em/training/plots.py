@@ -1,16 +1,21 @@
-"""Figures: training curves, prediction overlays, benchmark bars (matplotlib, no display needed)."""
+"""Figures of a training run (files only, no display): its curves from metrics.csv, and predictions on
+validation samples beside their ground truth, as overlays. Built on `matplotlib.figure.Figure`, so no
+global plotting state (backend, open figures) is touched."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+
+from sam4em.training.method_builder import TrainableModel
+
+__all__ = ["overlay", "plot_training_curves", "plot_validation_overlay", "save_overlay_grid"]
 
 _COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.3, 0.5, 1.0], [1.0, 0.8, 0.1], [0.9, 0.3, 0.9]])
 
@@ -21,8 +26,10 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> None:
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    offset, last_stage, x = 0, None, []
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_val = fig.subplots(1, 2)
+    offset, last_stage = 0, None
+    x: list[int] = []
     for row in rows:
         if row["stage"] != last_stage and x:
             offset = x[-1]
@@ -41,7 +48,6 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> None:
         ax_val.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
 
 
 def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -53,10 +59,14 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.nda
     return rgb
 
 
-def save_overlay_grid(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray], out: Path, titles: list[str] | None = None) -> None:
+def save_overlay_grid(
+    images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray], out: Path,
+    titles: list[str] | None = None,
+) -> None:
     """Rows of (image, truth overlay, prediction overlay); images (Y, X), masks (C, Y, X)."""
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    fig = Figure(figsize=(9, 3 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
     for i in range(n):
         for ax, picture, name in zip(
             axes[i],
@@ -69,12 +79,13 @@ def save_overlay_grid(images: list[np.ndarray], truths: list[np.ndarray], preds:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
 
 
 @torch.no_grad()
-def plot_validation_overlay(model, dataset, out: Path, *, clip: bool, device: torch.device) -> None:
-    """Predictions of `model` on the first validation samples, next to the ground truth."""
+def plot_validation_overlay(
+    model: TrainableModel, dataset: Sequence[dict[str, Any]], out: Path, *, clip: bool, device: torch.device
+) -> None:
+    """Predictions of `model` on the first (up to 4) validation samples, next to the ground truth."""
     model.eval()
     images, truths, preds = [], [], []
     for index in range(min(4, len(dataset))):

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.evaluation.benchmark import run_in_process
 from sam4em.evaluation.results_file import write_json
+from sam4em.workflows.benchmark import run_in_process
 
 __all__ = ["SpeedCase", "measure_case", "run_speed_benchmark", "speed_cases"]
 
@@ -127,7 +127,8 @@ def model_rates(model: Any, images: Any, repeats: int) -> dict[str, float]:
 
     device = images.device
     pixels = (images.expand(-1, 3, -1, -1) - model.pixel_mean) / model.pixel_std
-    encoder, full = [], []
+    encoder: list[float] = []
+    full: list[float] = []
     with torch.inference_mode(), _autocast(device):
         bank = _full_bank(model, images)
         model.image_encoder(pixels)  # warm-up (first calls allocate and pick kernels)
@@ -203,17 +204,20 @@ def part_times(model: Any, images: Any, repeats: int) -> dict[str, float]:
 
 def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     """slices/s of `segment_to_file` end to end (both directions, float16 probabilities) and tiles per slice."""
+    from sam4em.inference.options import SegmentOptions
     from sam4em.inference.predictor import plan_tiling
     from sam4em.inference.streaming import segment_to_file
     from sam4em.io import create_volume
 
     source = workdir / "raw.zarr"
     rng = np.random.default_rng(0)
-    with create_volume(source, (case.slices, case.slice_size, case.slice_size), np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
+    out = create_volume(source, (case.slices, case.slice_size, case.slice_size), np.uint8, voxel_size=(40.0, 8.0, 8.0))
+    with out:  # `out`, not `as`: the protocol's __enter__ is typed as a read-only Volume
         out[:] = rng.integers(0, 256, out.shape, dtype=np.uint8)
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
-    segment_to_file(source, workdir / "probs.zarr", model, direction="both", device=case.device, overwrite=True)
+    options = SegmentOptions(direction="both", device=case.device, overwrite=True)
+    segment_to_file(source, workdir / "probs.zarr", model, options)
     seconds = time.perf_counter() - start
     tiles = len(plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None).tiles)
     return {"slices_per_s": case.slices / seconds, "tiles_per_slice": tiles, "seconds": seconds}

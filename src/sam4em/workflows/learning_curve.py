@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.evaluation.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
+from sam4em.workflows.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
 
 CURVE_METHODS: dict[str, dict[str, Any]] = {
     "unet2d": {"method": "unet2d"},
@@ -208,7 +208,7 @@ def run_learning_curve(
     `seeds` (default [0]) repeat each run with other crops, augmentations and initialisations of the
     trained parts; `label_counts` (0: all) overrides the profile's.
     """
-    from sam4em.demo import find_data_dir
+    from sam4em.workflows.demo import find_data_dir
 
     settings = CURVE_PROFILES[profile]
     data = find_data_dir(data_dir, datasets=("lucchi_pp", "isbi2012", "vnc"))

@@ -1,0 +1,3 @@
+from sam4em.cli import main
+
+raise SystemExit(main())

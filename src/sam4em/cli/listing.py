@@ -1,0 +1,41 @@
+"""`sam4em models` and `sam4em datasets`: what can be used, and what is found locally."""
+
+from __future__ import annotations
+
+import argparse
+
+from sam4em.cli.arguments import Subparsers
+
+
+def add_models_parser(sub: Subparsers) -> None:
+    models = sub.add_parser("models", help="list the model names build_model and --model accept, and pretrained encoders")
+    models.add_argument("--runs", default="runs", help="also list `sam4em pretrain` runs found under this folder (default: runs)")
+
+
+def add_datasets_parser(sub: Subparsers) -> None:
+    datasets = sub.add_parser("datasets", help="list the public EM datasets and whether a local copy is found")
+    datasets.add_argument("--data-dir", help="local mirror (default: $SAM4EM_DATA_DIR)")
+
+
+def models_command(args: argparse.Namespace) -> int:
+    from sam4em.models.encoder_weights import find_encoder_folders, read_pretrain_record
+    from sam4em.models.registry import MODELS
+
+    for spec in MODELS.values():
+        weights = f"pretrained: {spec.hub_id}" if spec.hub_id else "trained from scratch"
+        print(f"{spec.name:24s} {spec.description} ({weights}; input {spec.image_size} px)")
+    for folder in find_encoder_folders(args.runs):
+        print(f"{folder!s:24s} EM-pretrained encoder on {read_pretrain_record(folder)['base']} (sam4em pretrain)")
+    return 0
+
+
+def datasets_command(args: argparse.Namespace) -> int:
+    from sam4em.datasets import get_dataset, get_spec, list_datasets
+
+    for name in list_datasets():
+        try:
+            where = str(get_dataset(name, data_dir=args.data_dir).root)
+        except (FileNotFoundError, ValueError):
+            where = "not found locally"
+        print(f"{name:12s} {get_spec(name).description} [{where}]")
+    return 0

@@ -1,0 +1,142 @@
+"""What a built model declares about itself: `ModelInfo`, given to its constructor and read as `model.info`.
+
+`ModelInfo` names the base the model was built on, its build options, its class names (in output
+channel order) and where its frozen pretrained weights come from. It is what ``config.yaml`` records
+(`sam4em.models.serialization`), and nothing about a model's identity is set on it after construction.
+
+- `BuildOptions`: everything besides the base that decides a SAM4EM's architecture.
+- `BaselineOptions`: the same for the MONAI U-Net baselines (`sam4em.models.unet`).
+- `SegmentationModel`: the base class of SAM4EM and the baselines: ``info``, ``num_classes``,
+  ``image_size`` and ``new_memory_bank()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from torch import nn
+
+from sam4em.models.memory import MemoryBank
+
+__all__ = ["BaselineOptions", "BuildOptions", "FineTune", "ModelInfo", "SegmentationModel", "class_names_tuple"]
+
+FineTune = Literal["lora", "full"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything besides the base that decides the architecture; saved with every trained model."""
+
+    num_classes: int = 1
+    image_size: int | None = None
+    finetune: FineTune | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    decoder_lora: bool = True
+    memory_capacity: int = 6
+    prompt_tokens: int | None = None
+    enhancer: bool = True
+    detail_head: bool = True
+    prompt_generator: bool = True
+    two_stage: bool = True
+    memory: bool = True
+    # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
+    # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
+    multimask_fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """A U-Net baseline's architecture: classes, input size and, for the 3D U-Net, its clip length K."""
+
+    num_classes: int
+    image_size: int
+    clip_length: int | None = None  # None: a 2D U-Net, which segments slice by slice
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``config.yaml`` records it (no ``clip_length`` for a 2D U-Net)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+OptionsT = TypeVar("OptionsT", BuildOptions, BaselineOptions)
+
+
+@dataclass(frozen=True)
+class ModelInfo(Generic[OptionsT]):
+    """A model's declared identity.
+
+    `base`: a registry name (``cpu-small``, ``sam2.1-hiera-tiny``, ...) or ``unet2d`` / ``unet3d``.
+    `build_options`: resolved (``image_size`` and ``finetune`` filled in from the base).
+    `class_names`: one per output channel, or empty for a model whose classes were never named.
+    `pretrained_base`: whether the base's weights were loaded (Meta's, or an EM-pretrained encoder)
+    rather than seeded at random; `weights_source` says from where (a hub id, a folder or a ``.pt`` file).
+    """
+
+    base: str
+    build_options: OptionsT
+    class_names: tuple[str, ...] = ()
+    pretrained_base: bool = False
+    weights_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.build_options.image_size is None:
+            raise ValueError(f"{self.base}: a model's build options must name its image_size")
+        if any(not isinstance(name, str) for name in self.class_names):
+            raise TypeError(f"class names must be strings, got {self.class_names!r}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names ({', '.join(self.class_names)}) for a model of "
+                f"{self.num_classes} classes; give one name per class"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.build_options.num_classes
+
+    @property
+    def image_size(self) -> int:
+        """The side S of the (S, S) slices the model takes."""
+        size = self.build_options.image_size
+        assert size is not None  # checked in __post_init__
+        return size
+
+    @property
+    def clip_length(self) -> int | None:
+        """The clip length K a volumetric model is built for; None for models that go slice by slice."""
+        options = self.build_options
+        return options.clip_length if isinstance(options, BaselineOptions) else None
+
+    @property
+    def is_volumetric(self) -> bool:
+        """Whether the model sees whole clips (a 3D U-Net) rather than one slice at a time."""
+        return self.clip_length is not None
+
+
+def class_names_tuple(names: Sequence[str] | None) -> tuple[str, ...]:
+    """`names` as the tuple `ModelInfo` holds (a bare string is refused: it is not a list of names)."""
+    if isinstance(names, str):
+        raise TypeError(f"class_names must be a sequence of names, not the string {names!r}")
+    return tuple(names or ())
+
+
+class SegmentationModel(nn.Module):
+    """What every sam4em model has: its declared `info`, and from it `num_classes` and `image_size`."""
+
+    info: ModelInfo[Any]
+    num_classes: int
+    image_size: int
+
+    def __init__(self, *, info: ModelInfo[Any]) -> None:
+        super().__init__()
+        self.info = info
+        self.num_classes = info.num_classes
+        self.image_size = info.image_size
+
+    def new_memory_bank(self) -> MemoryBank | None:
+        """An empty memory bank for a new volume; None for models without memory (the default)."""
+        return None

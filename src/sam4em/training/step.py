@@ -1,0 +1,96 @@
+"""One optimisation step's parts: what trains in a stage, the loss as a module (so that
+`DistributedDataParallel` can wrap it) and the sample indices each process reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from sam4em.models import SAM4EM, set_trainable
+from sam4em.training.config import TrainConfig
+from sam4em.training.losses import segmentation_loss
+from sam4em.training.method_builder import TrainableModel
+
+__all__ = ["StepIndices", "StepLoss", "collate", "parameter_groups"]
+
+
+def parameter_groups(model: TrainableModel, stage: int, lr: float, scale: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups in `stage`: in stage 2 the memory at `lr`, the rest at
+    `lr * scale` (frozen when `scale` is 0); in stage 1 everything that trains at `lr`."""
+    if isinstance(model, SAM4EM):
+        finetune = model.info.build_options.finetune
+        assert finetune is not None, "a built SAM4EM's options name how it fine-tunes"
+        set_trainable(model, finetune=finetune, memory=stage == 2)
+    memory = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("memory.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("memory.")]
+    if stage == 2 and memory:
+        groups: list[dict[str, Any]] = [{"params": memory, "lr": lr}]
+        if scale > 0:
+            groups.append({"params": rest, "lr": lr * scale})
+        else:
+            for p in rest:
+                p.requires_grad_(False)
+        return groups
+    return [{"params": rest + memory, "lr": lr}]
+
+
+class StepLoss(nn.Module):
+    """The training loss of a batch -> (3,): total, stage-1 decoder loss, stage-2 decoder loss (0 without)."""
+
+    def __init__(self, model: TrainableModel, config: TrainConfig, *, clip: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = config.loss
+        self.clip = clip
+        weights = config.loss.class_weights
+        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
+
+    def forward(self, image: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        out = self.model.forward_clip(image) if self.clip else self.model(image)
+        loss1 = self._loss(out.stage1, targets, valid)
+        if out.stage2 is None:
+            return torch.stack([loss1, loss1, loss1.new_zeros(())])
+        loss2 = self._loss(out.stage2, targets, valid)
+        total = self.loss.stage1_weight * loss1 + self.loss.stage2_weight * loss2
+        return torch.stack([total, loss1, loss2])
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(
+            logits,
+            targets,
+            valid,
+            kind=self.loss.kind,
+            dice_weight=self.loss.dice_weight,
+            bce_weight=self.loss.bce_weight,
+            class_weights=self.class_weights,
+            focal_gamma=self.loss.focal_gamma,
+        )
+
+
+class StepIndices:
+    """Sample indices of this process's share of steps `start`..`steps` (lazy: budgets may be huge).
+
+    Step s, accumulation round a, rank r reads items ((s * A + a) * W + r) * micro + j, so the global
+    batch of a step is the same whatever the number of processes, and a resumed run reads on.
+    """
+
+    def __init__(self, start: int, steps: int, accumulation: int, world: int, rank: int, micro: int) -> None:
+        self.start, self.steps, self.accumulation = start, steps, accumulation
+        self.world, self.rank, self.micro = world, rank, micro
+
+    def __iter__(self) -> Iterator[int]:
+        for s in range(self.start, self.steps):
+            for a in range(self.accumulation):
+                base = ((s * self.accumulation + a) * self.world + self.rank) * self.micro
+                yield from range(base, base + self.micro)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accumulation * self.micro
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """A batch of samples: their image, targets and valid masks stacked."""
+    return {key: torch.stack([it[key] for it in items]) for key in ("image", "targets", "valid")}
