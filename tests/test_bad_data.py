@@ -161,7 +161,7 @@ def test_empty_labels_still_train_and_evaluate(tmp_path: Path) -> None:
     spots = empty.copy()
     spots[1, 3, 3] = spots[2, 8, 9] = 1
     for pred, dice in ((empty, 1.0), (spots, 0.0)):
-        scores = evaluate_volumes(pred, empty, classes={"mito": 1})["classes"]["mito"]
+        scores = evaluate_volumes(pred, empty, classes={"mito": 1}).classes["mito"].values
         assert scores["dice"] == dice
         assert not any(isinstance(v, float) and np.isnan(v) for v in scores.values()), scores
 
@@ -173,7 +173,7 @@ def test_anisotropic_voxels_scale_distances_per_axis(tmp_path: Path, capsys: pyt
     shifted_z, shifted_x = np.roll(gt, 1, axis=0), np.roll(gt, 1, axis=2)
     voxel = (1000.0, 1.0, 1.0)  # 1 µm sections, 1 nm pixels
     for pred, expected in ((shifted_z, 1000.0), (shifted_x, 1.0)):
-        scores = evaluate_volumes(pred, gt, classes={"m": 1}, voxel_size=voxel)["classes"]["m"]
+        scores = evaluate_volumes(pred, gt, classes={"m": 1}, voxel_size=voxel).classes["m"].values
         assert scores["hausdorff"] == pytest.approx(expected)
     # The CLI takes the voxel size from the ground truth's file, and --voxel-size overrides it.
     for name, data in (("gt.zarr", gt), ("pred.zarr", shifted_z)):

@@ -117,8 +117,8 @@ def test_evaluate_reads_every_segment_output_type_for_all_classes_in_one_call(
         labels = volume[:]
     # References: the metrics of the arrays themselves, with the class codes written out by hand.
     codes = {"mito": 255, "er": 128}
-    expected_probs = _scores(evaluate_volumes(np.stack(probs), gt, classes=codes))
-    expected_labels = _scores(evaluate_volumes(labels, gt, classes=codes, pred_classes={"mito": 1, "er": 2}))
+    expected_probs = _scores(evaluate_volumes(np.stack(probs), gt, classes=codes).as_dict())
+    expected_labels = _scores(evaluate_volumes(labels, gt, classes=codes, pred_classes={"mito": 1, "er": 2}).as_dict())
     assert len(set(expected_labels.values())) > 1 and 0 < min(expected_labels.values()) < 1
     for kind, expected in (("probs", expected_probs), ("labels", expected_labels), ("labels_tif", expected_labels),
                            ("instances", expected_labels)):
@@ -127,12 +127,12 @@ def test_evaluate_reads_every_segment_output_type_for_all_classes_in_one_call(
                      "--json", str(scores), "--no-progress"]) == 0, kind
         assert _scores(json.loads(scores.read_text())) == pytest.approx(expected, abs=1e-12), kind
     # uint8 probabilities (round(p * 255)) are scaled back: thresholds at 0.5 agree but for rounding.
-    uint8 = _scores(evaluate_files(outputs["probs_uint8"], data / "gt.tif", classes=GT_CODES))
+    uint8 = _scores(evaluate_files(outputs["probs_uint8"], data / "gt.tif", classes=GT_CODES).as_dict())
     assert uint8 == pytest.approx(expected_probs, abs=0.02)
     # A subset of the classes, in another order, and one class's array by its key.
-    subset = evaluate_files(outputs["labels"], data / "gt.tif", classes="er=128")
+    subset = evaluate_files(outputs["labels"], data / "gt.tif", classes="er=128").as_dict()
     assert _scores(subset) == pytest.approx({"er": expected_labels["er"]})
-    one = evaluate_files(f"{outputs['probs']}:er", data / "gt.tif", classes="er=128")
+    one = evaluate_files(f"{outputs['probs']}:er", data / "gt.tif", classes="er=128").as_dict()
     assert _scores(one) == pytest.approx({"er": expected_probs["er"]})
 
 
@@ -186,7 +186,7 @@ def test_allow_absent_classes_scores_a_class_missing_from_the_ground_truth() -> 
     pred = gt.copy()
     with pytest.raises(ValueError, match=r"no voxel of b=2 \(codes present: \[0, 1\]\)"):
         evaluate_volumes(pred, gt, classes={"a": 1, "b": 2})
-    scores = evaluate_volumes(pred, gt, classes={"a": 1, "b": 2}, allow_absent_classes=True)["classes"]
+    scores = evaluate_volumes(pred, gt, classes={"a": 1, "b": 2}, allow_absent_classes=True).as_dict()["classes"]
     assert scores["a"]["dice"] == 1.0 and scores["b"]["dice"] == 1.0  # empty in both: perfect, as documented
 
 
@@ -314,7 +314,7 @@ def test_probabilities_of_a_sam4em_output_in_a_container_key(
     )
     with create_volume(tmp_path / "out.h5", SHAPE, np.uint8, key="raw") as extra:
         extra[:] = 0  # another array in the same file is not a class
-    results = evaluate_files(f"{out}:seg", data / "gt.tif", classes=GT_CODES)
+    results = evaluate_files(f"{out}:seg", data / "gt.tif", classes=GT_CODES).as_dict()
     assert set(results["classes"]) == set(CLASSES)
 
 
@@ -329,7 +329,7 @@ def test_evaluate_reads_ome_zarr_segment_outputs_like_the_others(
             model,
             SegmentOptions(output_type=kind, **SEGMENT),
         )
-        expected = _scores(evaluate_files(outputs[reference], gt, classes=GT_CODES))
-        assert _scores(evaluate_files(out, gt, classes=GT_CODES)) == pytest.approx(expected, abs=1e-12), kind
-    one = evaluate_files(tmp_path / "labels.ome.zarr", gt, pred_key="labels/er", classes="er=128")
-    assert _scores(one) == pytest.approx({"er": _scores(evaluate_files(outputs["labels"], gt, classes="er=128"))["er"]})
+        expected = _scores(evaluate_files(outputs[reference], gt, classes=GT_CODES).as_dict())
+        assert _scores(evaluate_files(out, gt, classes=GT_CODES).as_dict()) == pytest.approx(expected, abs=1e-12), kind
+    one = evaluate_files(tmp_path / "labels.ome.zarr", gt, pred_key="labels/er", classes="er=128").as_dict()
+    assert _scores(one) == pytest.approx({"er": _scores(evaluate_files(outputs["labels"], gt, classes="er=128").as_dict())["er"]})

@@ -90,6 +90,23 @@ def test_the_built_in_metrics_report_the_28_keys_in_their_order() -> None:
     assert len(keys) == len(set(keys)) == 28
 
 
+def test_the_result_is_typed_per_metric_and_its_json_form_flat() -> None:
+    from sam4em.evaluation import FlickerScores, InstanceScores, OverlapScores, SurfaceDistances
+
+    gt = np.zeros((3, 8, 8), np.uint8)
+    gt[:, 2:5, 2:5] = 1
+    pred = np.zeros_like(gt)
+    pred[:, 2:5, 3:6] = 1
+    result = evaluate_volumes(pred, gt, classes={"mito": 1}, voxel_size=(40, 8, 8))
+    scores = result.classes["mito"]
+    kinds = {"overlap": OverlapScores, "surface": SurfaceDistances, "instances": InstanceScores}
+    kinds["flicker"] = FlickerScores
+    assert {name: type(value) for name, value in scores.results.items()} == kinds
+    assert scores.values["dice"] == pytest.approx(2 * 6 / (9 + 9))  # 6 of 9 voxels per slice overlap
+    assert result.distance_unit == "nm"
+    assert result.as_dict()["classes"]["mito"] == scores.values
+
+
 def _write(path: Path, data: np.ndarray) -> str:
     with create_volume(path, data.shape, data.dtype) as volume:
         volume[:] = data
@@ -103,7 +120,7 @@ def test_adding_a_metric_takes_one_class(tmp_path: Path) -> None:
     try:
         with pytest.raises(ValueError, match="already registered"):
             register_metric(ForegroundFraction)
-        scores = evaluate_volumes(pred, gt.astype(np.uint8), classes={"mito": 1}, chunk_slices=4)["classes"]["mito"]
+        scores = evaluate_volumes(pred, gt.astype(np.uint8), classes={"mito": 1}, chunk_slices=4).classes["mito"].values
         assert scores["pred_foreground_fraction"] == pytest.approx(pred.mean())
         assert list(scores)[:2] == ["dice", "iou"] and list(scores)[-1] == "pred_foreground_fraction"
         # The files path writes it too.
@@ -114,7 +131,7 @@ def test_adding_a_metric_takes_one_class(tmp_path: Path) -> None:
         assert written["pred_foreground_fraction"] == pytest.approx(pred.mean())
     finally:
         unregister_metric(ForegroundFraction.name)
-    assert "pred_foreground_fraction" not in evaluate_volumes(pred, gt, classes={"mito": 1})["classes"]["mito"]
+    assert "pred_foreground_fraction" not in evaluate_volumes(pred, gt, classes={"mito": 1}).classes["mito"].values
 
 
 def test_a_metric_whose_keys_clash_is_refused() -> None:
@@ -139,12 +156,12 @@ def test_cli_and_library_give_the_same_scores_without_pred_codes(
     pred[np.roll(er, -1, axis=1) & (pred == 0)] = 2
     pred_file, gt_file = _write(tmp_path / "pred.tif", pred), _write(tmp_path / "gt.tif", gt)
     codes = {"mito": 255, "er": 128}
-    library = evaluate_volumes(pred, gt, classes=codes)["classes"]
+    library = evaluate_volumes(pred, gt, classes=codes).as_dict()["classes"]
     assert all(0.2 < library[name]["dice"] < 0.99 for name in codes)
     assert main(["evaluate", pred_file, gt_file, "--classes", "mito=255,er=128", "--json",
                  str(tmp_path / "cli.json"), "--no-progress"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "cli.json").read_text())["classes"] == library
-    assert evaluate_files(pred_file, gt_file, classes=codes)["classes"] == library
+    assert evaluate_files(pred_file, gt_file, classes=codes).as_dict()["classes"] == library
     # A prediction with the ground truth's codes is refused the same way by both, naming the fix.
     with pytest.raises(ValueError, match="--pred-classes mito=255"):
         evaluate_volumes(gt, gt, classes={"mito": 255})

@@ -354,7 +354,7 @@ def test_chunked_evaluation_equals_whole_volume(chunk_slices: int) -> None:
     lazy_pred, lazy_gt = LazyVolume(pred), LazyVolume(gt)
     chunked = evaluate_volumes(
         lazy_pred, lazy_gt, classes=classes, voxel_size=voxel_size, chunk_slices=chunk_slices
-    )
+    ).as_dict()
     assert max(lazy_gt.read_sizes) <= chunk_slices + 2  # the chunk plus one halo slice per side
     for name, value in classes.items():
         p, g = pred == value, gt == value
@@ -388,7 +388,7 @@ def test_chunk_borders_join_components_with_chosen_connectivity() -> None:
     for z in range(6):
         volume[z, z, z] = 1
     for connectivity, expected in ((3, 1), (1, 6)):
-        result = evaluate_volumes(volume, volume, classes={"m": 1}, chunk_slices=1, connectivity=connectivity)
+        result = evaluate_volumes(volume, volume, classes={"m": 1}, chunk_slices=1, connectivity=connectivity).as_dict()
         assert result["classes"]["m"]["n_gt_instances"] == expected
         assert result["classes"]["m"]["msa"] == 1.0
 
@@ -404,7 +404,7 @@ def test_evaluate_probability_channels_and_progress() -> None:
         classes={"mito": 1, "synapse": 2},
         chunk_slices=5,
         progress=lambda d, n: calls.append((d, n)),
-    )
+    ).as_dict()
     assert calls == [(5, 11), (10, 11), (11, 11)]
     for metrics in result["classes"].values():
         assert (metrics["dice"], metrics["msa"], metrics["hd95"], metrics["voi"]) == (1.0, 1.0, 0.0, 0.0)
@@ -416,9 +416,9 @@ def test_evaluate_single_class_probability_map_threshold() -> None:
     gt = np.zeros((2, 3, 3), np.uint8)
     gt[:, 1, 1] = 1
     prob = np.where(gt == 1, 0.6, 0.4)
-    assert evaluate_volumes(prob, gt, classes={"m": 1}, threshold=0.5)["classes"]["m"]["dice"] == 1.0
+    assert evaluate_volumes(prob, gt, classes={"m": 1}, threshold=0.5).classes["m"].values["dice"] == 1.0
     # Threshold 0.7 predicts nothing: Dice 0, surface distance inf.
-    missed = evaluate_volumes(prob, gt, classes={"m": 1}, threshold=0.7)["classes"]["m"]
+    missed = evaluate_volumes(prob, gt, classes={"m": 1}, threshold=0.7).classes["m"].values
     assert (missed["dice"], missed["hd95"]) == (0.0, np.inf)
     with pytest.raises(ValueError, match="one class"):
         evaluate_volumes(prob, gt, classes={"a": 1, "b": 2})
@@ -431,14 +431,14 @@ def test_evaluate_mask_and_pred_classes() -> None:
     pred[:, 5, 5] = 7  # wrong, but outside the mask
     mask = np.ones_like(gt, dtype=bool)
     mask[:, 5, :] = False
-    result = evaluate_volumes(pred, gt, classes={"m": 1}, pred_classes={"m": 7}, mask=mask)["classes"]["m"]
+    result = evaluate_volumes(pred, gt, classes={"m": 1}, pred_classes={"m": 7}, mask=mask).classes["m"].values
     assert (result["dice"], result["fp"], result["hd95"], result["n_pred_instances"]) == (1.0, 0, 0.0, 1)
     assert result["tn"] == mask.sum() - gt.sum()
 
 
 def test_evaluate_empty_volumes_and_2d() -> None:
     empty = np.zeros((4, 5, 5), np.uint8)
-    result = evaluate_volumes(empty, empty, classes={"m": 1}, voxel_size=(30, 4, 4), chunk_slices=2)[
+    result = evaluate_volumes(empty, empty, classes={"m": 1}, voxel_size=(30, 4, 4), chunk_slices=2).as_dict()[
         "classes"
     ]["m"]
     assert (result["dice"], result["dice_slice_mean"], result["hd95"], result["msa"], result["arand"]) == (
@@ -449,7 +449,7 @@ def test_evaluate_empty_volumes_and_2d() -> None:
         0,
     )
     pred2d, gt2d = blobs((20, 20), 14).astype(np.uint8), blobs((20, 20), 15).astype(np.uint8)
-    flat = evaluate_volumes(pred2d, gt2d, classes={"m": 1}, voxel_size=(5.0, 5.0))
+    flat = evaluate_volumes(pred2d, gt2d, classes={"m": 1}, voxel_size=(5.0, 5.0)).as_dict()
     assert flat["shape"] == (1, 20, 20)
     assert flat["classes"]["m"]["hausdorff"] == pytest.approx(
         surface_distances(pred2d, gt2d, (5.0, 5.0)).hausdorff

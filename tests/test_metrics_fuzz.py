@@ -106,9 +106,9 @@ def test_voi_matches_skimage(labels: tuple[np.ndarray, np.ndarray]) -> None:
 @given(volume_pairs(), st.integers(1, 3))
 def test_chunked_equals_whole(pair: tuple[np.ndarray, np.ndarray], chunk_slices: int) -> None:
     pred, gt = (v.astype(np.uint8) for v in pair)
-    whole = evaluate_volumes(pred, gt, classes={"c": 1}, voxel_size=(3.0, 1.0, 1.0))["classes"]["c"]
+    whole = evaluate_volumes(pred, gt, classes={"c": 1}, voxel_size=(3.0, 1.0, 1.0)).classes["c"].values
     chunked = evaluate_volumes(
         pred, gt, classes={"c": 1}, voxel_size=(3.0, 1.0, 1.0), chunk_slices=chunk_slices
-    )
+    ).as_dict()
     for key, value in whole.items():
         assert chunked["classes"]["c"][key] == pytest.approx(value), key

@@ -271,7 +271,7 @@ def evaluate_volumes(
     progress: Callable[[int, int], None] | None = None,
     connectivity: int | None = None,
     allow_absent_classes: bool = False,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Run all semantic, surface, instance and consistency metrics per class.
 
     Args:
@@ -300,9 +300,11 @@ def evaluate_volumes(
         2D (Y, X) inputs (prediction (Y, X) or (C, Y, X)) are evaluated as one slice.
 
     Returns:
-        :meth:`Evaluation.as_dict`: ``{"shape": (Z, Y, X), "voxel_size": (z, y, x) or None,
-        "distance_unit": "nm" or "voxel", "threshold", "connectivity", "chunk_slices",
-        "classes": {name: metrics}}`` where metrics has the keys of every registered metric: dice,
+        An :class:`Evaluation`: ``classes[name].results`` holds each metric's typed result,
+        ``classes[name].values`` the flat scores; :meth:`Evaluation.as_dict` is its JSON form,
+        ``{"shape": (Z, Y, X), "voxel_size": (z, y, x) or None, "distance_unit": "nm" or "voxel",
+        "threshold", "connectivity", "chunk_slices", "classes": {name: values}}``. The values have
+        the keys of every registered metric: dice,
         iou, dice_slice_mean, iou_slice_mean, precision, recall, tp, fp, fn, tn, hd95, assd,
         hausdorff, n_pred_instances, n_gt_instances, ap50, ap75, msa, voi_split, voi_merge, voi,
         arand, rand_precision, rand_recall, flicker_pred, flicker_gt, flicker_ratio, flicker_diff
@@ -330,7 +332,7 @@ def evaluate_volumes(
         connectivity=3 if connectivity is None else connectivity,
         chunk_slices=step,
         classes=scores,
-    ).as_dict()
+    )
 
 
 def _named(volume: Any, role: str) -> str:
@@ -365,12 +367,12 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def format_table(results: Mapping[str, Any], columns: Sequence[str] = _TABLE_COLUMNS) -> str:
+def format_table(results: Evaluation, columns: Sequence[str] = _TABLE_COLUMNS) -> str:
     """A plain-text table, one row per class, of the ``columns`` of :func:`evaluate_volumes`' result."""
-    unit = results.get("distance_unit", "voxel")
+    unit = results.distance_unit
     headers = ["class"] + [f"{c} [{unit}]" if c in ("hd95", "assd", "hausdorff") else c for c in columns]
     rows = [
-        [name] + [_format_value(metrics[c]) for c in columns] for name, metrics in results["classes"].items()
+        [name] + [_format_value(scores.values[c]) for c in columns] for name, scores in results.classes.items()
     ]
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = [

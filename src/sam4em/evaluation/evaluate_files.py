@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from sam4em.data.class_mapping import ClassMapping
-from sam4em.evaluation.evaluate import evaluate_volumes
+from sam4em.evaluation.evaluate import Evaluation, evaluate_volumes
 from sam4em.evaluation.prediction_input import open_prediction
 from sam4em.evaluation.results_file import check_results_path, write_json
 from sam4em.io import open_volume, parse_path_key
@@ -47,7 +47,7 @@ def evaluate_files(
     overwrite: bool = False,
     allow_missing_chunks: bool = False,
     **options: Any,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate the prediction file ``pred`` against the label file ``gt``; returns the scores.
 
     Args:
@@ -92,6 +92,6 @@ def evaluate_files(
             voxel_size=voxel_size, **options,
         )
     if json_path is not None:
-        write_json(json_path, results, overwrite=overwrite)
+        write_json(json_path, results.as_dict(), overwrite=overwrite)
     return results
 

@@ -32,9 +32,9 @@ import zarr
 from numpy.typing import NDArray
 
 from sam4em.io import Volume, VolumeError, list_volumes, open_volume
+from sam4em.io.formats import format_for_suffix, suffix_of
 from sam4em.io.ome_zarr_output import PROBABILITIES, is_ome_output, open_output
 from sam4em.io.output_record import OutputRecord, read_output_record
-from sam4em.io.paths import CONTAINER_SUFFIXES
 
 __all__ = ["ChannelStack", "ClassMasks", "Prediction", "open_prediction"]
 
@@ -205,7 +205,8 @@ def open_prediction(
         volume = stack.enter_context(open_volume(path, key))  # the spec as given: precomputed:// stays a URL
     except VolumeError as error:
         target = Path(path)
-        if target.suffix.lower() not in CONTAINER_SUFFIXES or not target.exists():
+        fmt = format_for_suffix(suffix_of(target))
+        if fmt is None or not fmt.container or not target.exists():
             raise
         return _probability_arrays(target, key, names, stack, error)
     record = read_output_record(volume.attrs)

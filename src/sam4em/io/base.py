@@ -13,6 +13,7 @@ from types import EllipsisType, TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from typing_extensions import Self  # typing.Self needs Python 3.11; the package supports 3.10
 
 from sam4em.io.indexing import Selection, select
 
@@ -63,7 +64,7 @@ class Volume(Protocol):
     def __len__(self) -> int: ...
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
     def close(self) -> None: ...
-    def __enter__(self) -> Volume: ...
+    def __enter__(self) -> Self: ...
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
@@ -205,7 +206,7 @@ class VolumeBase:
         data = self[:, :, :]
         return data if dtype is None else data.astype(dtype, copy=False)
 
-    def __enter__(self) -> VolumeBase:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -29,7 +29,7 @@ class SegmentWidget(JobWidget):
         super().__init__(viewer, "Segment")
         self.image = layer_choice(Image, "image")
         self.model = LineEdit(
-            label="model", value="cpu-small", tooltip="a trained run folder, or a model name"
+            label="model", value="", tooltip="a trained run folder (test-tiny: random weights, a smoke test only)"
         )
         self.output_type = ComboBox(label="output", choices=["labels", "probs", "instances"], value="labels")
         self.tile = LineEdit(label="tile", value="auto", tooltip="tile 'Y X' in pixels, or auto")
@@ -60,7 +60,7 @@ class SegmentWidget(JobWidget):
             raise ValueError("no image layer: open or add an image first")
         source = self.model.value.strip()
         if not source:
-            raise ValueError("model: give a trained run folder or a model name (see `sam4em models`)")
+            raise ValueError("model: give a trained run folder (see `sam4em models --runs`)")
         from sam4em.inference.options import SegmentOptions
 
         options = SegmentOptions(

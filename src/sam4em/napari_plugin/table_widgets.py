@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, Table
@@ -13,6 +13,9 @@ from qtpy.QtWidgets import QApplication
 
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.napari_plugin.job_widget import JobWidget, layer_choice
+
+if TYPE_CHECKING:  # the widget module imports no evaluation code until a job runs
+    from sam4em.evaluation.evaluate import Evaluation
 from sam4em.napari_plugin.jobs import default_classes, voxel_size
 
 __all__ = ["EvaluateWidget", "MeasureWidget", "table_text"]
@@ -69,7 +72,7 @@ class EvaluateWidget(JobWidget):
         pred_classes = ClassMapping.parse(text).single_codes() if text else None
         pred_data, gt_data, sizes = pred.data, gt.data, voxel_size(gt.scale)
 
-        def job() -> dict[str, Any]:
+        def job() -> Evaluation:
             return evaluate_volumes(
                 pred_data, gt_data, classes=classes, pred_classes=pred_classes, voxel_size=sizes,
                 chunk_slices=32, progress=self.report,
@@ -77,16 +80,16 @@ class EvaluateWidget(JobWidget):
 
         return job
 
-    def on_result(self, result: dict[str, Any]) -> None:
-        names = list(result["classes"])
+    def on_result(self, result: Evaluation) -> None:
+        names = list(result.classes)
         self.columns = {"class": names}
         for metric in METRICS:
-            values = [result["classes"][n].get(metric) for n in names]
+            values = [result.classes[n].values.get(metric) for n in names]
             if any(v is not None for v in values):
                 self.columns[metric] = [None if v is None else round(float(v), 4) for v in values]
         self.table.value = self.columns
         self.status.value = (
-            f"evaluated {len(names)} class(es); distances in {result.get('distance_unit', 'voxel')}"
+            f"evaluated {len(names)} class(es); distances in {result.distance_unit}"
         )
 
 

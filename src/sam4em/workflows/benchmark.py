@@ -233,7 +233,7 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "classes": {
             name: {k: _plain(v) for k, v in values.items() if k in _REPORTED}
-            for name, values in scores["classes"].items()
+            for name, values in ((name, s.values) for name, s in scores.classes.items())
         },
     }
 

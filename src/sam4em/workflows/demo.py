@@ -100,7 +100,7 @@ def run_demo(
     probs = segment_volume(image, model, direction="both")
     seconds_per_slice = (time.time() - started) / image.shape[0]
     results = evaluate_volumes(probs, labels, classes={"mito": 255}, voxel_size=(5.0, 5.0, 5.0))
-    write_json(out / "metrics.json", results, overwrite=True)
+    write_json(out / "metrics.json", results.as_dict(), overwrite=True)
     middle = image.shape[0] // 2
     save_overlay_grid(
         [image[middle] / 255.0],
@@ -110,7 +110,7 @@ def run_demo(
         titles=[f"test slice {TEST_CROP[0].start + middle}"],
     )
     report = out / "report.md"
-    scores = results["classes"]["mito"]
+    scores = results.classes["mito"].values
     report.write_text(
         "# sam4em demo: Lucchi++ mitochondria\n\n"
         f"- Model: `cpu-small` trained from scratch (random initialisation, no pretrained SAM2 weights) for "
