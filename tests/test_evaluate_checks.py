@@ -203,6 +203,46 @@ def test_evaluate_refuses_a_0_255_mask_without_pred_classes(tmp_path: Path, caps
     assert json.loads((tmp_path / "s.json").read_text())["classes"]["mito"]["dice"] == 1.0
 
 
+def _swapped_codes_truth() -> np.ndarray:
+    """Two classes whose ground-truth codes are 1..C in the other order: a=2, b=1."""
+    gt = np.zeros((3, 12, 12), np.uint8)
+    gt[:, 1:5, 1:5] = 2  # a
+    gt[:, 7:11, 6:11] = 1  # b
+    return gt
+
+
+def test_evaluate_refuses_default_codes_the_ground_truth_uses_in_another_order() -> None:
+    gt = _swapped_codes_truth()
+    # A perfect prediction in the ground truth's codes would score Dice 0 with the defaults a=1, b=2.
+    with pytest.raises(ValueError, match=r"codes are ambiguous: .*e\.g\. the ground truth's codes --pred-classes a=2,b=1"):
+        evaluate_volumes(gt.copy(), gt, classes={"a": 2, "b": 1})
+    scores = evaluate_volumes(gt.copy(), gt, classes={"a": 2, "b": 1}, pred_classes={"a": 2, "b": 1}).as_dict()
+    assert _scores(scores) == {"a": 1.0, "b": 1.0}
+    # Classes given in code order, and channel stacks (ordered by classes, not by codes), are not ambiguous.
+    assert _scores(evaluate_volumes(gt.copy(), gt, classes={"b": 1, "a": 2}).as_dict()) == {"b": 1.0, "a": 1.0}
+    channels = np.stack([gt == 2, gt == 1])
+    assert _scores(evaluate_volumes(channels, gt, classes={"a": 2, "b": 1}).as_dict()) == {"a": 1.0, "b": 1.0}
+
+
+def test_cli_refuses_ambiguous_default_codes_in_one_line_but_not_for_sam4em_outputs(
+    tmp_path: Path, data: Path, outputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt = _swapped_codes_truth()
+    pred, truth = _write(tmp_path / "pred.tif", gt), _write(tmp_path / "gt.tif", gt)
+    command = ["evaluate", str(pred), str(truth), "--classes", "a=2,b=1", "--no-progress"]
+    assert main(command) == 2
+    line = _one_error_line(capsys)
+    assert "pred.tif" in line and "codes are ambiguous" in line and "--pred-classes a=2,b=1" in line, line
+    assert main([*command, "--pred-classes", "a=2,b=1", "--json", str(tmp_path / "s.json")]) == 0
+    assert _scores(json.loads((tmp_path / "s.json").read_text())) == {"a": 1.0, "b": 1.0}
+    # A sam4em output records its classes: a ground truth coded 1..C in another order is read by name.
+    with open_volume(data / "gt.tif") as volume:
+        recoded = np.select([volume[:] == 255, volume[:] == 128], [2, 1], 0).astype(np.uint8)
+    recoded_gt = _write(tmp_path / "recoded_gt.tif", recoded)
+    expected = _scores(evaluate_files(outputs["labels"], data / "gt.tif", classes=GT_CODES).as_dict())
+    assert _scores(evaluate_files(outputs["labels"], recoded_gt, classes="mito=2,er=1").as_dict()) == expected
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [(np.nan, "holds NaN probabilities"),

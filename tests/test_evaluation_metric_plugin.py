@@ -19,9 +19,11 @@ from sam4em.evaluation import (
     StreamingMetric,
     evaluate_files,
     evaluate_volumes,
+    format_table,
     register_metric,
     unregister_metric,
 )
+from sam4em.evaluation.metric_registry import distance_keys, score_keys, table_keys
 from sam4em.evaluation.streaming_metric import ScoreValue, chunk_bounds
 from sam4em.io import create_volume
 
@@ -31,6 +33,7 @@ class ForegroundFraction(StreamingMetric[float]):
 
     name = "foreground_fraction"
     keys = ("pred_foreground_fraction",)
+    table_keys = keys
 
     def __init__(self, context: MetricContext) -> None:
         super().__init__(context)
@@ -120,9 +123,15 @@ def test_adding_a_metric_takes_one_class(tmp_path: Path) -> None:
     try:
         with pytest.raises(ValueError, match="already registered"):
             register_metric(ForegroundFraction)
-        scores = evaluate_volumes(pred, gt.astype(np.uint8), classes={"mito": 1}, chunk_slices=4).classes["mito"].values
+        result = evaluate_volumes(pred, gt.astype(np.uint8), classes={"mito": 1}, chunk_slices=4)
+        scores = result.classes["mito"].values
         assert scores["pred_foreground_fraction"] == pytest.approx(pred.mean())
         assert list(scores)[:2] == ["dice", "iou"] and list(scores)[-1] == "pred_foreground_fraction"
+        # The summary table shows it as its last column, after the built-in ones.
+        header, _, row = format_table(result).splitlines()
+        assert header.split()[-2:] == ["flicker_ratio", "pred_foreground_fraction"]
+        assert row.split()[-1] == f"{pred.mean():.4f}"
+        assert table_keys()[-1] == score_keys()[-1] == "pred_foreground_fraction"
         # The files path writes it too.
         pred_file = _write(tmp_path / "pred.tif", pred.astype(np.uint8))
         gt_file = _write(tmp_path / "gt.tif", gt.astype(np.uint8))
@@ -131,7 +140,31 @@ def test_adding_a_metric_takes_one_class(tmp_path: Path) -> None:
         assert written["pred_foreground_fraction"] == pytest.approx(pred.mean())
     finally:
         unregister_metric(ForegroundFraction.name)
-    assert "pred_foreground_fraction" not in evaluate_volumes(pred, gt, classes={"mito": 1}).classes["mito"].values
+    result = evaluate_volumes(pred, gt, classes={"mito": 1})
+    assert "pred_foreground_fraction" not in result.classes["mito"].values
+    assert "pred_foreground_fraction" not in format_table(result)
+
+
+def test_the_built_in_metrics_declare_the_summary_table_and_the_distance_keys() -> None:
+    assert table_keys() == (
+        "dice", "iou", "dice_slice_mean", "precision", "recall", "hd95", "assd", "ap50", "ap75", "msa",
+        "voi_split", "voi_merge", "arand", "flicker_pred", "flicker_gt", "flicker_ratio",
+    )  # fmt: skip
+    assert distance_keys() == {"hd95", "assd", "hausdorff"}
+    gt = np.zeros((2, 6, 6), np.uint8)
+    gt[:, 1:4, 1:4] = 1
+    header = format_table(evaluate_volumes(gt.copy(), gt, classes={"m": 1}, voxel_size=(40, 8, 8))).splitlines()[0]
+    assert header.split()[:8] == ["class", "dice", "iou", "dice_slice_mean", "precision", "recall", "hd95", "[nm]"]
+
+
+def test_a_metric_showing_keys_it_does_not_report_is_refused() -> None:
+    class Undeclared(ForegroundFraction):
+        name = "undeclared"
+        distance_keys = ("pred_foreground_distance",)
+
+    with pytest.raises(ValueError, match="shows keys \\['pred_foreground_distance'\\] it does not report"):
+        register_metric(Undeclared)
+    assert "undeclared" not in METRICS
 
 
 def test_a_metric_whose_keys_clash_is_refused() -> None:

@@ -17,10 +17,12 @@ from sam4em.io.formats import (
     FORMATS,
     VolumeFormat,
     format_for_path,
+    format_for_suffix,
+    has_scheme,
+    output_suffixes_help,
     register_format,
     supported_suffixes_help,
 )
-from sam4em.io.paths import CONTAINER_SUFFIXES, SUFFIX_FORMATS
 from toy_npy_format import NPY_FORMAT
 
 SHAPE = (3, 20, 24)
@@ -46,6 +48,10 @@ def npy_format() -> Iterator[VolumeFormat]:
         yield NPY_FORMAT
 
 
+def _container_suffixes() -> set[str]:
+    return {suffix for fmt in FORMATS.values() if fmt.container for suffix in fmt.suffixes}
+
+
 def _error(action) -> str:
     with pytest.raises(VolumeError) as info:
         action()
@@ -56,18 +62,34 @@ def _error(action) -> str:
 
 def test_builtin_table_matches_the_formats_sam4em_reads() -> None:
     assert list(FORMATS) == ["tiff", "hdf5", "zarr", "precomputed", "n5", "mrc", "images"]
-    assert set(CONTAINER_SUFFIXES) == {".h5", ".hdf5", ".hdf", ".zarr", ".n5"}
-    assert SUFFIX_FORMATS[".tiff"] == "tiff" and SUFFIX_FORMATS[".rec"] == "mrc" and ".npy" not in SUFFIX_FORMATS
+    assert _container_suffixes() == {".h5", ".hdf5", ".hdf", ".zarr", ".n5"}
+    assert [format_for_suffix(s).name for s in (".tiff", ".rec", ".png")] == ["tiff", "mrc", "images"]
+    assert format_for_suffix(".npy") is None
     assert [f.name for f in FORMATS.values() if f.multi_writer_safe] == ["zarr", "n5"]
     assert [f.name for f in FORMATS.values() if f.create is None] == ["precomputed"]
+    assert [f.name for f in FORMATS.values() if f.ome_ngff] == ["zarr"]
     assert format_for_path("precomputed://anything").name == "precomputed"
+    assert has_scheme("precomputed://anything") and not has_scheme("/data/precomputed/vol.zarr")
+
+
+def test_help_texts_say_what_each_format_reads_and_writes() -> None:
+    reading, writing = supported_suffixes_help(), supported_suffixes_help(writing=True)
+    assert "folders of .png/.tif slices or PNG images (.png)" in reading
+    assert "folders of .tif slices (no extension)" in writing and "PNG" not in writing  # folders get .tif slices
+    assert "precomputed" in reading and "precomputed" not in writing
+    # Segmentation outputs are reopened to write (resume): no slice folders, no read-only formats.
+    outputs = output_suffixes_help()
+    assert [f.name for f in FORMATS.values() if f.output_suffixes] == ["tiff", "hdf5", "zarr", "n5", "mrc"]
+    assert "slices" not in outputs and "precomputed" not in outputs
+    assert outputs.startswith("TIFF files (.tif/.tiff), HDF5 files (.h5/.hdf5/.hdf), Zarr stores (.zarr)")
 
 
 def test_a_registered_toy_format_is_detected_and_listed(tmp_path: Path, npy_format: VolumeFormat) -> None:
     assert format_for_path(tmp_path / "vol.npy") is npy_format
-    assert SUFFIX_FORMATS[".npy"] == "npy" and ".npy" not in CONTAINER_SUFFIXES
+    assert format_for_suffix(".npy") is npy_format and ".npy" not in _container_suffixes()
     assert "NumPy .npy files (.npy)" in supported_suffixes_help()
     assert "NumPy .npy files (.npy)" in supported_suffixes_help(writing=True)
+    assert "NumPy .npy files (.npy)" in output_suffixes_help()
     # Not a container: the ':' of a missing file is part of its name, not a key.
     assert parse_path_key(str(tmp_path / "vol.npy:raw")) == (str(tmp_path / "vol.npy:raw"), None)
 
@@ -77,9 +99,9 @@ def test_a_container_toy_format_splits_path_keys(tmp_path: Path) -> None:
     spec = str(tmp_path / "vol.npybox:raw")
     assert parse_path_key(spec) == (spec, None)
     with registered(boxes):
-        assert ".npybox" in CONTAINER_SUFFIXES
+        assert ".npybox" in _container_suffixes()
         assert parse_path_key(spec) == (str(tmp_path / "vol.npybox"), "raw")
-    assert ".npybox" not in CONTAINER_SUFFIXES
+    assert ".npybox" not in _container_suffixes()
 
 
 def test_toy_format_round_trips_through_create_and_open(tmp_path: Path, npy_format: VolumeFormat) -> None:
@@ -113,6 +135,7 @@ def test_toy_format_gets_the_tables_checks(tmp_path: Path, npy_format: VolumeFor
         assert (volume.shape, volume.dtype, dict(volume.attrs)) == ((2, 4, 4), np.float32, {})
     read_only = dataclasses.replace(NPY_FORMAT, name="npyro", suffixes=(".npyro",), writable=False, create=None)
     with registered(read_only):
+        assert read_only.output_suffixes == () and ".npyro" not in output_suffixes_help()
         assert "cannot write format '.npyro'" in _error(lambda: create_volume(tmp_path / "o.npyro", SHAPE, "uint8"))
         np.save(tmp_path / "ro.npy", np.zeros(SHAPE, np.uint8))
         (tmp_path / "ro.npy").rename(tmp_path / "ro.npyro")

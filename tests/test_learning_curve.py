@@ -42,7 +42,7 @@ def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
     configs = {m: config_from_dict(finetune_config(plan, m, [2, 6], profile, tmp_path / "encoder")) for m in CURVE_METHODS}
     assert {tuple(c.volumes[0].labelled_slices) for c in configs.values()} == {(2, 6)}
     for config in configs.values():
-        seconds = sum(getattr(config, f"stage{s}").max_seconds for s in config.stages)
+        seconds = sum(getattr(config, f"stage{s}").max_seconds for s in config.stages_to_run)
         assert seconds == profile.finetune_seconds
     assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.build.finetune == "lora"
     assert configs["sam4em-scratch"].model.base == "cpu-small"

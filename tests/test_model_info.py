@@ -95,6 +95,21 @@ def test_baseline_info_round_trips_through_save_and_load(tmp_path: Path) -> None
     assert loaded.info.is_volumetric
 
 
+def test_identity_is_read_from_info_and_cannot_be_set_beside_it(run: Path) -> None:
+    from sam4em.models.unet import UNet2D, UNet3D
+
+    loaded = load_model(run)
+    assert (loaded.num_classes, loaded.image_size, loaded.memory_capacity) == (2, 64, 3)
+    for name in ("num_classes", "image_size", "memory_capacity"):
+        with pytest.raises(AttributeError):
+            setattr(loaded, name, 5)
+    assert build_model("test-tiny", pretrained=False, memory=False).memory_capacity == 0
+    unet = UNet3D(num_classes=2, image_size=32, clip_length=4)
+    assert (unet.num_classes, unet.image_size, unet.info.clip_length, unet.memory_capacity) == (2, 32, 4, 0)
+    assert not hasattr(unet, "clip_length")  # the clip length lives in info only
+    assert UNet2D(num_classes=1, image_size=32).memory_capacity == 0
+
+
 def test_build_model_with_a_run_folder_refuses_arguments_it_would_ignore(run: Path) -> None:
     assert build_model(run).info.class_names == ("mito", "synapse")  # the folder alone is fine
     for arguments in ({"num_classes": 3}, {"pretrained": False}, {"class_names": ["a", "b"]},

@@ -243,6 +243,29 @@ def test_reader_opens_outputs_at_their_scale(make_napari_viewer_proxy, run_dir, 
     assert mito.data[0].dtype == np.uint32
 
 
+def test_reader_opens_n5_and_hdf5_outputs(run_dir, tmp_path):
+    """Every container format of the io table is read, not only Zarr: N5 (a folder of JSON and
+    chunks, which zarr cannot open) and HDF5, each array at the source's voxel size."""
+    volume = np.random.default_rng(4).integers(0, 255, (2, 32, 40), dtype=np.uint8)
+    source = tmp_path / "em.tif"
+    with create_volume(source, volume.shape, np.uint8, voxel_size=SCALE) as out:
+        out[:] = volume
+    model = load_model(run_dir)
+    labels = SegmentOptions(output_type="labels", direction="forward")
+    probs = SegmentOptions(output_type="probs", probs_dtype="float32", direction="forward")
+    for output, options in [("seg.n5", labels), ("probs.n5", probs), ("seg.h5", labels)]:
+        path = segment_to_file(source, tmp_path / output, model, options)
+        layers = get_reader(str(path))(str(path))
+        keys = ["mito", "er"] if options is probs else ["labels"]
+        assert sorted(kwargs["name"] for _, kwargs, _ in layers) == sorted(f"{path.stem} {k}" for k in keys)
+        for data, kwargs, kind in layers:
+            assert (kind, tuple(kwargs["scale"])) == ("labels" if options is labels else "image", SCALE)
+            key = kwargs["name"].split(" ")[-1]
+            with open_volume(path, key) as stored:
+                np.testing.assert_array_equal(np.asarray(data), stored[:])
+    assert get_reader(str(source)) is None  # a single-volume file, left to other readers
+
+
 def test_manifest_commands_import(tmp_path):
     from npe2 import PluginManager
     from npe2.manifest.utils import import_python_name

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from sam4em.cli import main as cli_main
 from sam4em.data.unlabelled import UnlabelledCrops, UnlabelledVolume
-from sam4em.models import CheckpointError, build_model, load_model
+from sam4em.models import MODELS, CheckpointError, build_model, load_model
 from sam4em.models.masked_image import build_masked_image_model
 from sam4em.training.config import config_from_dict
 from sam4em.training.pretrain import PretrainSettings, masked_reconstruction_loss, pretrain
@@ -66,6 +66,11 @@ def test_loss_is_one_for_the_mean_predictor_and_zero_for_the_target():
     # Only hidden pixels count: garbage on visible ones changes nothing.
     assert masked_reconstruction_loss(torch.where(masks.repeat_interleave(16, 1).repeat_interleave(16, 2)[:, None], target, 9.0),
                                       images, masks, 16).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_image_model_declares_the_image_size_it_was_built_for():
+    assert build_masked_image_model("test-tiny", pretrained=False).image_size == MODELS["test-tiny"].image_size
+    assert build_masked_image_model("test-tiny", pretrained=False, image_size=96).image_size == 96
 
 
 def test_hidden_pixels_do_not_reach_the_encoder():

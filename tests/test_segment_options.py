@@ -14,9 +14,11 @@ import tifffile
 
 from sam4em.cli import main
 from sam4em.inference.options import SegmentOptions, recorded_options
+from sam4em.inference.predictor import plan_tiling
 from sam4em.inference.request import check_request
 from sam4em.inference.streaming import RUN_RECORD, Interrupted, segment_to_file
 from sam4em.io import VolumeError, open_volume
+from sam4em.io.formats import FORMATS
 
 #: The keys of `sam4em_run` in outputs written before `SegmentOptions` existed: a resume compares
 #: records key by key, so these must stay, and no new key may appear, or older partial outputs could
@@ -123,3 +125,57 @@ def test_hard_link_to_the_input_is_refused_by_library_and_cli(
     assert main(["segment", str(image), str(link), "--model", "test-tiny", "--overwrite"]) == 2
     assert "is the input volume" in capsys.readouterr().err
     assert image.read_bytes() == before
+
+
+def test_tile_and_halo_of_other_than_two_sizes_are_refused(tmp_path: Path, image: Path) -> None:
+    # One line naming the option and the fix, not zip()'s "argument 2 is shorter than argument 1".
+    with pytest.raises(ValueError, match=r"^tile_shape must be 2 sizes \(Y, X\), got \(48, 48, 48\); .*--tile 48 48"):
+        SegmentOptions(tile_shape=(48, 48, 48))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^halo must be 2 sizes \(Y, X\), got \(8,\); .*--halo 8 8"):
+        SegmentOptions(halo=[8])  # type: ignore[arg-type]
+    # plan_tiling is public too: the same check, whatever the caller.
+    with pytest.raises(ValueError, match=r"^tile_shape must be 2 sizes"):
+        plan_tiling((32, 32), 64, (16, 16, 16), None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^halo must be 2 sizes"):
+        plan_tiling((32, 32), 64, None, (4, 4, 4))  # type: ignore[arg-type]
+    assert plan_tiling((32, 32), 64, np.array([16, 24]), [4, 2]).tiles  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("probs_dtype", "output_type", "expected"),
+    # 4 x 32 x 32 voxels of test-tiny's one class: float16 8.2 KB, float32 twice, uint8 half.
+    [("float16", "probs", "8.2 KB"), ("float32", "probs", "16.4 KB"), ("uint8", "probs", "4.1 KB"),
+     ("float32", "labels", "4.1 KB")],
+)  # fmt: skip
+@pytest.mark.usefixtures("no_model_load")
+def test_free_space_estimate_follows_the_stored_dtype(
+    tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch, probs_dtype: str, output_type: str, expected: str
+) -> None:
+    def nearly_full(path: Any) -> Any:
+        return type("Usage", (), {"total": 10**9, "used": 10**9 - 500, "free": 500})()
+
+    monkeypatch.setattr("sam4em.inference.request.shutil.disk_usage", nearly_full)
+    options = SegmentOptions(output_type=output_type, probs_dtype=probs_dtype)  # type: ignore[arg-type]
+    with pytest.raises(VolumeError, match=rf"o\.zarr: needs up to {expected} \(uncompressed\)"):
+        check_request(image, tmp_path / "o.zarr", options, "test-tiny")
+
+
+def test_segment_help_lists_exactly_the_outputs_check_request_accepts(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    output_help = text[text.index("output volume") : text.index("options:")]
+    for fmt in FORMATS.values():
+        for suffix in (*fmt.suffixes, *(fmt.write_suffixes or ())):
+            target = tmp_path / f"out{suffix}"
+            listed = f"({'/'.join(fmt.output_suffixes)})" in output_help and suffix in fmt.output_suffixes
+            try:
+                check_request(image, target, SegmentOptions(output_type="labels"))
+                accepted = True
+            except VolumeError as error:
+                assert "unknown output format" in str(error), error
+                accepted = False
+            assert listed == accepted, (fmt.name, suffix or "(no extension)")
+    assert "slices" not in output_help and "PNG" not in output_help

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,19 @@ import yaml
 
 from sam4em.evaluation.metrics import SemanticCounts
 from sam4em.models import BuildOptions
-from sam4em.training.config import ConfigError, config_from_dict, config_to_dict, validate
-from sam4em.training.methods import METHOD_NAMES, METHODS, memory_methods
+from sam4em.models.unet import UNet2D, UNet3D
+from sam4em.training.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    VolumeConfig,
+    config_from_dict,
+    config_to_dict,
+    validate,
+)
+from sam4em.training.methods import METHOD_NAMES, METHODS
+from sam4em.training.stage import stage_settings
+from sam4em.training.trainer import train
 from sam4em.training.validation import dice_from_counts
 
 VOLUMES = [{"image": "image.tif", "labels": "labels.tif"}]
@@ -31,7 +43,39 @@ def test_model_section_is_flat_in_yaml_and_held_as_build_options() -> None:
                        "lora_alpha": 16.0, "decoder_lora": True, "memory_capacity": 6, "finetune": "lora",
                        "multimask_fallback": False}
     # What a run records in config.yaml reads back as the same config (a resume compares the two).
-    assert config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))) == config
+    recorded = config_to_dict(config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))))
+    assert recorded == config_to_dict(config)
+
+
+#: A value other than the default for every `BuildOptions` field.
+OTHER_BUILD_VALUES = {
+    "num_classes": 3, "image_size": 96, "finetune": "lora", "lora_rank": 4, "lora_alpha": 8.0, "decoder_lora": False,
+    "memory_capacity": 3, "prompt_tokens": 4, "enhancer": False, "detail_head": False, "prompt_generator": False,
+    "two_stage": False, "memory": False, "multimask_fallback": True,
+}
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(BuildOptions)])
+def test_a_build_option_set_in_code_is_recorded_or_refused_never_lost(name: str) -> None:
+    assert set(OTHER_BUILD_VALUES) == {f.name for f in dataclasses.fields(BuildOptions)}
+    build = BuildOptions(**{name: OTHER_BUILD_VALUES[name]})
+    config = TrainConfig(volumes=[VolumeConfig(image="image.tif", labels="labels.tif")], model=ModelConfig(build=build))
+    try:
+        validate(config)
+    except ConfigError as error:
+        message = str(error)
+        assert message.startswith(f"model.build.{name}: ") and "\n" not in message
+        assert ("`classes`" if name == "num_classes" else "choose a method") in message
+        return
+    # Accepted: it survives config.yaml, which the resume comparison reads.
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))).model.build == build
+
+
+def test_a_build_option_the_method_decides_names_the_methods_that_set_it() -> None:
+    config = TrainConfig(volumes=[VolumeConfig(image="image.tif", labels="labels.tif")],
+                         model=ModelConfig(build=BuildOptions(enhancer=False)))
+    with pytest.raises(ConfigError, match=r"^model\.build\.enhancer: set by the method.*\(sam4em-no-enhancer, samed\)$"):
+        validate(config)
 
 
 def test_model_section_refuses_options_the_method_decides_and_bad_types() -> None:
@@ -45,8 +89,21 @@ def test_model_section_refuses_options_the_method_decides_and_bad_types() -> Non
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_stages_default_to_what_the_method_trains(method: str) -> None:
+    expected = [1, 2] if METHODS[method].has_memory else [1]
     config = config_from_dict({"volumes": VOLUMES, "method": method})
-    assert config.stages == ([1, 2] if method in memory_methods() else [1])
+    assert config.stages is None and config.stages_to_run == expected
+    assert config_to_dict(config)["stages"] == expected  # config.yaml says which stages ran
+    # A config built in Python resolves its stages in the same one place.
+    assert TrainConfig(method=method).stages_to_run == expected
+
+
+def test_train_checks_a_config_built_in_python_before_touching_the_run_folder(tmp_path: Path) -> None:
+    volumes = [VolumeConfig(image="image.tif", labels="labels.tif")]
+    with pytest.raises(ConfigError, match=r"stages: samed has no memory"):
+        train(TrainConfig(method="samed", stages=[1, 2], volumes=volumes), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"model\.build\.memory: set by the method"):
+        train(TrainConfig(volumes=volumes, model=ModelConfig(build=BuildOptions(memory=False))), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("stages", [[1, 2], [2]])
@@ -69,7 +126,7 @@ def test_unknown_method_names_the_methods() -> None:
 
 
 def test_method_table_traits() -> None:
-    assert memory_methods() == ("sam4em", "sam4em-no-enhancer")
+    assert [m for m in METHOD_NAMES if METHODS[m].has_memory] == ["sam4em", "sam4em-no-enhancer"]
     assert [m for m in METHOD_NAMES if METHODS[m].volumetric] == ["unet3d"]
     assert [m for m in METHOD_NAMES if METHODS[m].from_scratch] == ["unet2d", "unet3d"]
     fields = {f.name for f in dataclasses.fields(BuildOptions)}
@@ -84,3 +141,11 @@ def test_validation_dice_equals_the_evaluation_metric() -> None:
     expected = [SemanticCounts(int(tp), int(fp), int(fn), 0).dice for tp, fp, fn in counts.T]
     np.testing.assert_array_equal(dice_from_counts(torch.from_numpy(counts).double()), expected)
     assert dice_from_counts(torch.from_numpy(counts).double())[0] == 1.0
+
+
+def test_a_volumetric_model_trains_on_the_clip_length_it_declares_in_every_stage() -> None:
+    config = config_from_dict({"volumes": VOLUMES, "method": "unet3d", "stage2": {"clip_length": 8}})
+    unet3d = UNet3D(num_classes=1, image_size=32, clip_length=4)
+    assert [stage_settings(unet3d, config, s).clip_length for s in (1, 2)] == [4, 4]
+    unet2d = UNet2D(num_classes=1, image_size=32)
+    assert [stage_settings(unet2d, config, s).clip_length for s in (1, 2)] == [8, 8]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from sam4em.cli.console import EXIT_BAD_INPUT
 
@@ -11,7 +11,7 @@ from sam4em.cli.console import EXIT_BAD_INPUT
 class Parser(argparse.ArgumentParser):
     """Argument errors in one line, like every other error (argparse prints the usage first)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 

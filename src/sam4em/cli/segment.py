@@ -11,14 +11,14 @@ from sam4em.cli.console import EXIT_INTERRUPTED, library_messages, progress_bar,
 
 
 def add_segment_parser(sub: Subparsers) -> None:
-    from sam4em.io.formats import supported_suffixes_help
+    from sam4em.io.formats import output_suffixes_help, supported_suffixes_help
 
     segment = sub.add_parser("segment", help="segment a volume of any size, streaming, resumable")
     segment.add_argument("input", help=f"EM volume, path:key for containers: {supported_suffixes_help()}")
     segment.add_argument(
         "output",
         help="output volume (.zarr recommended for large volumes; .ome.zarr for OME-Zarr; path:key for containers): "
-        + supported_suffixes_help(writing=True),
+        + output_suffixes_help(),
     )
     segment.add_argument(
         "--model", required=True, help="a trained run folder (`sam4em models --runs`), or test-tiny for a smoke test"

@@ -72,5 +72,5 @@ def train_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     scores = ", ".join(f"stage {s}: {v:.3f}" for s, v in result.best_scores.items())
     print(f"trained {config.method} in {result.seconds:.0f} s; best validation Dice {scores}; the model in {args.out} "
-          f"holds the {result.kept} weights (validation Dice {result.kept_score:.3f} on stage {config.stages[-1]}'s samples)")
+          f"holds the {result.kept} weights (validation Dice {result.kept_score:.3f} on stage {config.stages_to_run[-1]}'s samples)")
     return 0

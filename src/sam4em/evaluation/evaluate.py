@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from sam4em.evaluation.input_checks import CodeTally, check_probabilities
-from sam4em.evaluation.metric_registry import METRICS
+from sam4em.evaluation.input_checks import CodeTally, check_default_codes, check_probabilities
+from sam4em.evaluation.metric_registry import METRICS, distance_keys, table_keys
 from sam4em.evaluation.metrics import check_same_shape, normalize_voxel_size
 from sam4em.evaluation.streaming_metric import (
     ChunkBounds,
@@ -98,7 +98,9 @@ def default_pred_classes(classes: Mapping[str, int], *, channels: bool) -> dict[
     numbers them, whatever the ground truth's codes. This is the default because a prediction's codes
     are the predictor's choice, not the annotation's: most tools write 1..C (a binary mask is 0/1), and
     a map with other codes (a 0/255 mask) is refused with the fix (``pred_classes``) rather than
-    scored as empty (:mod:`~sam4em.evaluation.input_checks`).
+    scored as empty (:mod:`~sam4em.evaluation.input_checks`). So is a ground truth coded with the
+    same numbers in another order (``{"a": 2, "b": 1}``), where a prediction in either numbering
+    would pass unnoticed.
     """
     return {name: i if channels else i + 1 for i, name in enumerate(classes)}
 
@@ -173,6 +175,8 @@ def _check_inputs(
         raise ValueError(
             "a (Z, Y, X) floating or boolean prediction holds one class; pass (C, Z, Y, X) or a label volume"
         )
+    if pred_classes is None and not has_channels:
+        check_default_codes(classes, pred_ids, _named(pred, "prediction"))
     return _Inputs(pred, gt, mask, dict(classes), pred_ids, threshold, gt_shape)
 
 
@@ -285,7 +289,8 @@ def evaluate_volumes(
         classes: class name -> label value in ``gt``, e.g. ``{"mitochondria": 1}``.
         pred_classes: class name -> label value / channel in ``pred``; default
             (:func:`default_pred_classes`, also the CLI's): channels in the order of ``classes`` for
-            (C, Z, Y, X), codes ``1..C`` in that order for a label map.
+            (C, Z, Y, X), codes ``1..C`` in that order for a label map (refused when ``classes``
+            holds those numbers in another order: pass ``pred_classes`` then).
         threshold: binarisation threshold of floating predictions.
         voxel_size: (z, y, x) voxel size in nm (or one number for isotropic voxels); surface
             distances are then in nm. None: distances in voxels.
@@ -314,7 +319,8 @@ def evaluate_volumes(
         ValueError: on shape mismatches (naming both shapes), unknown classes or ambiguous inputs,
             and on inputs that would score silently wrong (see :mod:`~sam4em.evaluation.input_checks`):
             NaN or out-of-range probabilities, a class code absent from the ground truth, a label-map
-            prediction with other codes than those expected.
+            prediction with other codes than those expected, default label-map codes that the ground
+            truth uses for other classes (pass ``pred_classes``).
     """
     if len(gt.shape) == 2:
         pred, gt, mask, voxel_size = _promote_2d(pred, gt, mask, voxel_size)
@@ -341,36 +347,21 @@ def _named(volume: Any, role: str) -> str:
     return role if path is None else f"{role} {path}"
 
 
-_TABLE_COLUMNS: tuple[str, ...] = (
-    "dice",
-    "iou",
-    "dice_slice_mean",
-    "precision",
-    "recall",
-    "hd95",
-    "assd",
-    "ap50",
-    "ap75",
-    "msa",
-    "voi_split",
-    "voi_merge",
-    "arand",
-    "flicker_pred",
-    "flicker_gt",
-    "flicker_ratio",
-)
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else ("nan" if math.isnan(value) else f"{value:.4f}")
     return str(value)
 
 
-def format_table(results: Evaluation, columns: Sequence[str] = _TABLE_COLUMNS) -> str:
-    """A plain-text table, one row per class, of the ``columns`` of :func:`evaluate_volumes`' result."""
-    unit = results.distance_unit
-    headers = ["class"] + [f"{c} [{unit}]" if c in ("hd95", "assd", "hausdorff") else c for c in columns]
+def format_table(results: Evaluation, columns: Sequence[str] | None = None) -> str:
+    """A plain-text table, one row per class, of the ``columns`` of :func:`evaluate_volumes`' result.
+
+    ``columns`` defaults to the registered metrics' ``table_keys`` (:func:`table_keys`); a
+    metric's ``distance_keys`` are headed with the distance unit, e.g. ``hd95 [nm]``.
+    """
+    columns = table_keys() if columns is None else columns
+    unit, distances = results.distance_unit, distance_keys()
+    headers = ["class"] + [f"{c} [{unit}]" if c in distances else c for c in columns]
     rows = [
         [name] + [_format_value(scores.values[c]) for c in columns] for name, scores in results.classes.items()
     ]

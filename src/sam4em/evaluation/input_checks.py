@@ -9,7 +9,10 @@ Each is fed the chunks evaluation reads anyway (no extra pass over the data) and
   for 255 is a typo), unless the ground truth is background only (an empty annotation has defined
   scores) or ``allow_absent`` says the class truly is absent;
 * a label-map prediction whose expected code of a class never occurs while it holds codes no class
-  names (a 0/255 mask read with code 1) was given the wrong codes.
+  names (a 0/255 mask read with code 1) was given the wrong codes;
+* a label-map prediction read with the default codes (1..C in the order of the classes) while the
+  ground truth's codes are the same numbers in another order (``a=2,b=1``): a prediction written
+  in either numbering looks valid, so which one it is must be said (checked before any reading).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CodeTally", "check_probabilities", "codes_present"]
+__all__ = ["CodeTally", "check_default_codes", "check_probabilities", "codes_present"]
 
 #: How many codes an error message lists.
 _SHOWN = 12
@@ -39,6 +42,27 @@ def check_probabilities(block: NDArray[Any], where: str) -> None:
             f"{low:g} to {high:g} (logits? apply a sigmoid; a label map? store it as integers and pass "
             "pred_classes / --pred-classes)"
         )
+
+
+def _pairs(codes: Mapping[str, int]) -> str:
+    return ",".join(f"{name}={code}" for name, code in codes.items())
+
+
+def check_default_codes(classes: Mapping[str, int], defaults: Mapping[str, int], where: str) -> None:
+    """Refuse default label-map codes that are the ground truth's codes of other classes.
+
+    ``classes`` are the ground truth's codes, ``defaults`` the prediction's codes assumed when none
+    are given (1..C in the order of ``classes``). When both are the same set of numbers in another
+    order, a prediction numbered like the ground truth would be scored class against wrong class.
+    """
+    if dict(classes) == dict(defaults) or set(classes.values()) != set(defaults.values()):
+        return
+    raise ValueError(
+        f"{where}: the default label-map codes {_pairs(defaults)} (1..C in classes order) are the ground "
+        f"truth's codes {_pairs(classes)} in another order, so the codes are ambiguous: pass pred_classes "
+        f"(--pred-classes), e.g. the ground truth's codes --pred-classes {_pairs(classes)}, "
+        f"or --pred-classes {_pairs(defaults)} for a prediction numbered in classes order"
+    )
 
 
 def codes_present(volume: Any, chunk_slices: int) -> list[int]:

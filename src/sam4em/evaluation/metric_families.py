@@ -49,6 +49,7 @@ class OverlapMetric(StreamingMetric[OverlapScores]):
 
     name = "overlap"
     keys = ("dice", "iou", "dice_slice_mean", "iou_slice_mean", "precision", "recall", "tp", "fp", "fn", "tn")
+    table_keys = ("dice", "iou", "dice_slice_mean", "precision", "recall")
 
     def __init__(self, context: MetricContext) -> None:
         super().__init__(context)
@@ -87,6 +88,8 @@ class SurfaceMetric(StreamingMetric[SurfaceDistances]):
 
     name = "surface"
     keys = ("hd95", "assd", "hausdorff")
+    table_keys = ("hd95", "assd")
+    distance_keys = keys
 
     def __init__(self, context: MetricContext) -> None:
         super().__init__(context)
@@ -121,6 +124,7 @@ class InstanceMetric(StreamingMetric[InstanceScores]):
         "n_pred_instances", "n_gt_instances", "ap50", "ap75", "msa", "voi_split", "voi_merge", "voi",
         "arand", "rand_precision", "rand_recall",
     )  # fmt: skip
+    table_keys = ("ap50", "ap75", "msa", "voi_split", "voi_merge", "arand")
 
     def __init__(self, context: MetricContext) -> None:
         super().__init__(context)
@@ -177,6 +181,7 @@ class FlickerMetric(StreamingMetric[FlickerScores]):
 
     name = "flicker"
     keys = ("flicker_pred", "flicker_gt", "flicker_ratio", "flicker_diff")
+    table_keys = ("flicker_pred", "flicker_gt", "flicker_ratio")
 
     def __init__(self, context: MetricContext) -> None:
         super().__init__(context)

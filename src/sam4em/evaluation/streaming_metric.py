@@ -104,11 +104,17 @@ class StreamingMetric(ABC, Generic[ResultT]):
     A subclass declares ``name`` (its registry name) and ``keys`` (the keys it adds to each
     class's scores, in output order; unique among registered metrics), and implements
     :meth:`add`, :meth:`result` (a typed result) and :meth:`values` (that result as ``keys`` ->
-    number, for the JSON file and the table).
+    number, for the JSON file and the tables). What the views show is declared here too, so they
+    follow the registered metrics (:mod:`~sam4em.evaluation.metric_registry`): ``table_keys``, the
+    keys in summary tables (``sam4em evaluate``'s table, the napari *Evaluate* table), and
+    ``distance_keys``, the keys measured in the evaluation's distance unit (nm or voxel); both
+    subsets of ``keys``.
     """
 
     name: ClassVar[str]
     keys: ClassVar[tuple[str, ...]]
+    table_keys: ClassVar[tuple[str, ...]] = ()
+    distance_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, context: MetricContext) -> None:
         self.context = context

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sam4em.inference.predictor import yx_pair
 from sam4em.inference.segment import Direction, z_orders
 
 __all__ = ["OutputType", "ProbsDtype", "SegmentOptions", "recorded_options"]
@@ -93,7 +94,7 @@ class SegmentOptions:
         for name in ("tile_shape", "halo"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, tuple(value))
+                object.__setattr__(self, name, yx_pair(value, name))
         if self.device is not None:
             object.__setattr__(self, "device", str(self.device))
 

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +49,9 @@ CHUNK_YX = 512
 def open_writable(path: Path, key: str | None) -> Iterator[WritableVolume]:
     """One array of an output (see :func:`sam4em.io.ome_zarr_output.open_output`), opened to write."""
     with open_output(path, key, mode="r+") as volume:
-        yield cast(WritableVolume, volume)
+        if not isinstance(volume, WritableVolume):  # opened with mode "r+", so a format bug if it happens
+            raise TypeError(f"{path}: {type(volume).__name__} opened to write has no __setitem__/attrs to write to")
+        yield volume
 
 
 def partial_sibling(path: Path) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,8 +44,10 @@ def plan_tiling(
     halo: tuple[int, int] | None = None,
 ) -> TilingPlan:
     """Default halo: 1/8 of the window per side; default tile: the window minus both halos."""
-    halo = _pair(halo, (window // 8, window // 8))
-    tile_shape = _pair(tile_shape, (window - 2 * halo[0], window - 2 * halo[1]))
+    halo = (window // 8, window // 8) if halo is None else yx_pair(halo, "halo")
+    tile_shape = (
+        (window - 2 * halo[0], window - 2 * halo[1]) if tile_shape is None else yx_pair(tile_shape, "tile_shape")
+    )
     if min(tile_shape) < 1 or min(halo) < 0:
         raise ValueError(
             f"tile {tuple(tile_shape)} must be positive and halo {tuple(halo)} non-negative; "
@@ -57,13 +59,21 @@ def plan_tiling(
                 f"tile {tuple(tile_shape)} + 2 x halo {tuple(halo)} must fit the model's {window}-pixel input "
                 f"(axis {'YX'[axis]}: {t} + 2 x {h} > {window}); use a smaller --tile or --halo"
             )
-    image = cast(tuple[int, int], tuple(image_shape))
-    return TilingPlan(image_shape=image, tile_shape=tile_shape, halo=halo, window=window)
+    image_y, image_x = image_shape  # a tuple, list or array of (Y, X)
+    return TilingPlan(image_shape=(image_y, image_x), tile_shape=tile_shape, halo=halo, window=window)
 
 
-def _pair(value: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    """``value`` as a tuple (lists and arrays come from callers too), or ``default`` when None."""
-    return default if value is None else cast(tuple[int, int], tuple(value))
+def yx_pair(value: Sequence[int], name: Literal["tile_shape", "halo"]) -> tuple[int, int]:
+    """``value`` (a tuple, list or array of two in-plane sizes) as a (Y, X) tuple; refuses any other
+    length with a one-line ValueError naming ``name`` and the fix."""
+    items = tuple(value)
+    if len(items) != 2:
+        flag, size = ("--tile", 48) if name == "tile_shape" else ("--halo", 8)
+        raise ValueError(
+            f"{name} must be 2 sizes (Y, X), got {items!r}; "
+            f"pass e.g. {name}=({size}, {size}) ({flag} {size} {size}, or {flag} {size} for both axes)"
+        )
+    return items[0], items[1]
 
 
 class SlicePredictor:

@@ -23,10 +23,9 @@ from sam4em.claim import refuse_file_parent
 from sam4em.devices import resolve_device
 from sam4em.inference.options import OutputType, SegmentOptions
 from sam4em.inference.predictor import plan_tiling
-from sam4em.io import VolumeError, open_volume, parse_path_key, resolve_path
+from sam4em.io import VolumeError, has_scheme, open_volume, parse_path_key, resolve_path
 from sam4em.io.formats import FORMATS, VolumeFormat, format_for_suffix, suffix_of
 from sam4em.io.ome_zarr_output import OME_SUFFIX
-from sam4em.io.paths import PRECOMPUTED_SCHEME
 from sam4em.models import SegmentationModel
 from sam4em.models.declared import declared_classes_and_size
 
@@ -34,9 +33,9 @@ __all__ = ["CheckedRequest", "check_free_space", "check_request", "estimate_outp
 
 ModelSource = SegmentationModel | str | os.PathLike[str]
 
-#: Bytes per voxel and class of each output type; probabilities are stored as float16 by default,
-#: instances as uint32 beside a temporary uint8 label store (see `sam4em.inference.streaming`).
-_BYTES_PER_VOXEL = {"probs": np.dtype(np.float16).itemsize, "labels": 1, "instances": 4 + 1}
+#: Bytes per voxel of each output type but probabilities (stored as ``options.probs_dtype``): labels
+#: as uint8, instances as uint32 beside a temporary uint8 label store (see `sam4em.inference.streaming`).
+_BYTES_PER_VOXEL = {"labels": 1, "instances": 4 + 1}
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,9 @@ def check_request(
     output = Path(out_spec)
     fmt = output_format(output, options.output_type, multi_writer=multi_writer)
     ome = options.ome or output.name.lower().endswith(OME_SUFFIX)
-    if ome and (fmt.name != "zarr" or out_key):
+    if ome and (not fmt.ome_ngff or out_key):
         raise VolumeError(f"{output}: OME-Zarr outputs are whole .zarr stores (use out{OME_SUFFIX}, without a key)")
-    if not in_spec.startswith(PRECOMPUTED_SCHEME):
+    if not has_scheme(in_spec):
         refuse_same_path(in_spec, output)
     refuse_file_parent(output)
     with open_volume(in_spec, in_key) as volume:  # mode "r": the input is never opened for writing
@@ -104,7 +103,7 @@ def check_request(
         except ValueError as error:
             raise ValueError(f"{label}: {error}") from None
     if not (options.resume and exists):  # a resumed output already holds its finished blocks
-        check_free_space(output, estimate_output_bytes((z, y, x), options.output_type, count))
+        check_free_space(output, estimate_output_bytes((z, y, x), options, count))
     return CheckedRequest(in_spec, in_key, output, out_key, fmt, ome, (z, y, x))
 
 
@@ -113,7 +112,7 @@ def split_spec(path: str | os.PathLike[str], key: str | None) -> tuple[str, str 
     ``precomputed://`` is no file path."""
     spec, found = parse_path_key(os.fspath(path))
     key = key or found
-    if not spec.startswith(PRECOMPUTED_SCHEME):
+    if not has_scheme(spec):
         # Absolute, so that workers started elsewhere (dask) find the same files.
         spec = os.path.abspath(spec)
     return spec, key or None
@@ -121,10 +120,11 @@ def split_spec(path: str | os.PathLike[str], key: str | None) -> tuple[str, str 
 
 def output_format(path: Path, output_type: OutputType, *, multi_writer: bool = False) -> VolumeFormat:
     """The format of an output path (by its extension, from the format table), refused when it cannot
-    be written as one volume file, hold ``output_type`` or (``multi_writer``) take several writers."""
+    hold an output (`VolumeFormat.output_suffixes`), hold ``output_type`` or (``multi_writer``) take
+    several writers."""
     suffix = suffix_of(path)
     fmt = format_for_suffix(suffix)
-    if fmt is None or not fmt.writable or not fmt.creates_suffix(suffix):
+    if fmt is None or suffix not in fmt.output_suffixes:
         raise VolumeError(
             f"{path}: unknown output format {suffix or '(no extension)'!r} "
             f"(use .zarr (recommended for large volumes) or {_suffixes(lambda f: True)})"
@@ -143,8 +143,8 @@ def output_format(path: Path, output_type: OutputType, *, multi_writer: bool = F
 
 
 def _suffixes(wanted: Callable[[VolumeFormat], bool]) -> str:
-    """The main extension of each writable output format ``wanted`` accepts: '.tif, .h5, .zarr'."""
-    found = [f.suffixes[0] for f in FORMATS.values() if f.writable and f.suffixes and wanted(f)]
+    """The main extension of each output format ``wanted`` accepts: '.tif, .h5, .zarr'."""
+    found = [f.output_suffixes[0] for f in FORMATS.values() if f.output_suffixes and wanted(f)]
     return ", ".join(found)
 
 
@@ -171,11 +171,13 @@ def refuse_same_path(input_path: str | os.PathLike[str], output_path: str | os.P
         raise VolumeError(f"{target}: is the input volume; write the result to another file")
 
 
-def estimate_output_bytes(shape: Sequence[int], output_type: str, num_classes: int) -> int:
-    """Uncompressed size of a segmentation of a (Z, Y, X) volume: shape x dtype x classes."""
+def estimate_output_bytes(shape: Sequence[int], options: SegmentOptions, num_classes: int) -> int:
+    """Uncompressed size of a segmentation of a (Z, Y, X) volume: shape x dtype x classes (probabilities
+    in ``options.probs_dtype``)."""
     voxels = int(np.prod([int(s) for s in shape], dtype=np.int64))
-    classes = num_classes if output_type == "probs" else 1
-    return voxels * classes * _BYTES_PER_VOXEL[output_type]
+    if options.output_type == "probs":
+        return voxels * num_classes * np.dtype(options.probs_dtype).itemsize
+    return voxels * _BYTES_PER_VOXEL[options.output_type]
 
 
 def check_free_space(output_path: str | os.PathLike[str], needed: int) -> None:

@@ -255,8 +255,7 @@ def _resolve(
     class indices and the tiling plan."""
     names = model_class_names(model)
     indices = select_classes(names, options.classes, "the model")
-    memory = getattr(model, "memory", None)
-    overlap = (memory.capacity if memory is not None else 0) if options.overlap is None else options.overlap
+    overlap = model.memory_capacity if options.overlap is None else options.overlap
     plan = plan_tiling(request.shape[1:], model.image_size, options.tile_shape, options.halo)
     resolved = options.replace(
         input_key=request.input_key,

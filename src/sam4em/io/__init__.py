@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sam4em.io.api import create_volume, list_volumes, open_volume
 from sam4em.io.base import MissingChunksWarning, Volume, VolumeError, VoxelSize, WritableVolume
-from sam4em.io.paths import parse_path_key, resolve_path
+from sam4em.io.paths import has_scheme, parse_path_key, resolve_path
 
 __all__ = [
     "MissingChunksWarning",
@@ -20,6 +20,7 @@ __all__ = [
     "VoxelSize",
     "WritableVolume",
     "create_volume",
+    "has_scheme",
     "list_volumes",
     "open_volume",
     "parse_path_key",

@@ -75,11 +75,17 @@ class VolumeFormat:
     create: Callable[[CreateRequest], WritableVolume] | None
     #: Plural noun phrase for messages and help: 'TIFF files', 'Zarr stores', ...
     describe: str
+    #: What ``create_volume`` writes, when it differs from what is read ('folders of .tif slices');
+    #: None means ``describe``.
+    write_describe: str | None = None
     #: Extensions ``create_volume`` writes this format for ('' = a path without extension);
     #: None means ``suffixes``.
     write_suffixes: tuple[str, ...] | None = None
     #: URL-like prefix naming the format ('precomputed://'), stripped before ``open``.
     scheme: str | None = None
+    #: Holds OME-Zarr (NGFF) images, so a segmentation output may be written as one (pyramids,
+    #: ``labels/<class>``; see :mod:`sam4em.io.ome_zarr_output`).
+    ome_ngff: bool = False
     #: Recognises a folder without a known extension by what it holds.
     detect: Callable[[Path], bool] | None = None
     #: The keys of the volumes inside a container (each opens with ``open_volume(path, key)``).
@@ -92,6 +98,12 @@ class VolumeFormat:
         """Whether ``create_volume`` writes this format for a path ending in ``suffix`` ('' = none)."""
         names = self.suffixes if self.write_suffixes is None else self.write_suffixes
         return self.create is not None and suffix in names
+
+    @property
+    def output_suffixes(self) -> tuple[str, ...]:
+        """Extensions under which this format can hold a segmentation output: ``create_volume`` writes
+        them, and ``open_volume`` recognises them and reopens them to write (resume, several writers)."""
+        return tuple(s for s in self.suffixes if self.writable and self.creates_suffix(s))
 
 
 #: Every known format by name, in the order folders are recognised by their contents.
@@ -126,13 +138,24 @@ def format_for_suffix(suffix: str) -> VolumeFormat | None:
     return next((fmt for fmt in FORMATS.values() if suffix in fmt.suffixes), None)
 
 
+def scheme_of(path: str | os.PathLike[str]) -> str | None:
+    """The URL-like prefix of a format that ``path`` starts with (``precomputed://``), else None."""
+    spec = os.fspath(path)
+    return next((f.scheme for f in FORMATS.values() if f.scheme and spec.startswith(f.scheme)), None)
+
+
+def has_scheme(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a volume by a format's scheme (``precomputed://...``): no local file path."""
+    return scheme_of(path) is not None
+
+
 def format_for_path(path: str | os.PathLike[str]) -> VolumeFormat:
     """The format that reads ``path``: by scheme (``precomputed://``), by extension, else, for a
     folder, by what it holds. Raises VolumeError (one line) when no format matches."""
     spec = os.fspath(path)
-    for fmt in FORMATS.values():
-        if fmt.scheme and spec.startswith(fmt.scheme):
-            return fmt
+    scheme = scheme_of(spec)
+    if scheme is not None:
+        return next(fmt for fmt in FORMATS.values() if fmt.scheme == scheme)
     suffix = suffix_of(spec)
     by_suffix = format_for_suffix(suffix)
     if by_suffix is not None:
@@ -179,8 +202,19 @@ def supported_suffixes_help(*, writing: bool = False) -> str:
         if writing and fmt.create is None:
             continue
         suffixes = fmt.suffixes if not writing or fmt.write_suffixes is None else fmt.write_suffixes
-        parts.append(f"{fmt.describe} ({_suffix_list(suffixes, None if writing else fmt.scheme)})")
+        describe = (fmt.write_describe or fmt.describe) if writing else fmt.describe
+        parts.append(f"{describe} ({_suffix_list(suffixes, None if writing else fmt.scheme)})")
     return ", ".join(parts)
+
+
+def output_suffixes_help() -> str:
+    """The formats a segmentation output may have (``VolumeFormat.output_suffixes``), for help texts:
+    'TIFF files (.tif/.tiff), HDF5 files (.h5/.hdf5/.hdf), ...'."""
+    return ", ".join(
+        f"{fmt.write_describe or fmt.describe} ({_suffix_list(fmt.output_suffixes, None)})"
+        for fmt in FORMATS.values()
+        if fmt.output_suffixes
+    )
 
 
 # Built-in formats. Each adapter imports its module on first use (see the module docstring).
@@ -327,7 +361,7 @@ for _fmt in (
     ),
     VolumeFormat(
         name="zarr", suffixes=(".zarr",), container=True, writable=True, multi_writer_safe=True,
-        open=_open_zarr, create=_create_zarr, describe="Zarr stores",
+        open=_open_zarr, create=_create_zarr, describe="Zarr stores", ome_ngff=True,
         detect=_is_zarr, list_keys=_list_zarr,
     ),
     VolumeFormat(
@@ -345,8 +379,9 @@ for _fmt in (
     ),
     VolumeFormat(
         name=_IMAGES, suffixes=(".png",), container=False, writable=False, multi_writer_safe=False,
-        open=_open_images, create=_create_folder, describe="PNG images or slice folders",
-        write_suffixes=("",), detect=_has_slices, remove=_remove_slice_folder,
+        open=_open_images, create=_create_folder, describe="folders of .png/.tif slices or PNG images",
+        write_describe="folders of .tif slices", write_suffixes=("",), detect=_has_slices,
+        remove=_remove_slice_folder,
     ),
 ):  # fmt: skip
     register_format(_fmt)

@@ -135,7 +135,8 @@ class TiffVolume(VolumeBase):
         return self._sidecar if self.writable else read_json(sidecar_path(self.path))
 
     def _page(self, z: int) -> np.ndarray:
-        page_list, yxs = self._pages  # type: ignore[misc]
+        assert self._pages is not None  # _read reads pages only for volumes made from them (no planes)
+        page_list, yxs = self._pages
         page = page_list[z]
         if page is None:
             raise VolumeError(f"{self.path}: cannot read file (corrupt or truncated: plane {z} is missing)")

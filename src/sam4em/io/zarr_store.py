@@ -134,8 +134,9 @@ class ZarrVolume(ArrayVolume):
     (ground-truth labels: a missing chunk would count as a region without objects).
     """
 
-    def __init__(self, *args: Any, allow_missing_chunks: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, array: zarr.Array, *args: Any, allow_missing_chunks: bool, **kwargs: Any) -> None:
+        super().__init__(array, *args, **kwargs)
+        self._zarr = array  # typed as the zarr array it is (``_array`` is any sliceable array)
         self._allow_missing_chunks = allow_missing_chunks
         self._chunks_checked = self.writable  # outputs being written are incomplete by design
 
@@ -146,14 +147,14 @@ class ZarrVolume(ArrayVolume):
         return super()._read(box)
 
     def _check_chunks(self) -> None:
-        array = self._array
-        stored, total = array.nchunks_initialized, array.nchunks  # type: ignore[attr-defined]
+        array = self._zarr
+        stored, total = array.nchunks_initialized, array.nchunks
         if stored >= total:
             return
         where = f"{self.path}:{self.key}" if self.key else str(self.path)
         problem = (
             f"{where}: {total - stored} of {total} chunks are missing and read as the fill value "
-            f"{np.asarray(array.fill_value).item()!r}"  # type: ignore[attr-defined]
+            f"{np.asarray(array.fill_value).item()!r}"
         )
         if not self._allow_missing_chunks:
             raise VolumeError(

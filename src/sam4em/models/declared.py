@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sam4em.models.info import SegmentationModel
+from sam4em.models.record_checks import BASELINES
 from sam4em.models.registry import get_spec
 from sam4em.models.serialization import loadable_spec, read_model_record
 
@@ -39,7 +40,7 @@ def declared_classes_and_size(model: SegmentationModel | str | os.PathLike[str])
     if path.is_dir():
         record = read_model_record(path)
         build = record.get("build") or {}
-        if record["base"] in ("unet2d", "unet3d"):  # baselines record their input size
+        if record["base"] in BASELINES:  # baselines record their input size
             size = int(build["image_size"])
         else:
             size = int(build.get("image_size") or get_spec(record["base"]).image_size)

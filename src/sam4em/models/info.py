@@ -7,7 +7,7 @@ channel order) and where its frozen pretrained weights come from. It is what ``c
 - `BuildOptions`: everything besides the base that decides a SAM4EM's architecture.
 - `BaselineOptions`: the same for the MONAI U-Net baselines (`sam4em.models.unet`).
 - `SegmentationModel`: the base class of SAM4EM and the baselines: ``info``, ``num_classes``,
-  ``image_size`` and ``new_memory_bank()``.
+  ``image_size``, ``memory_capacity`` and ``new_memory_bank()``.
 """
 
 from __future__ import annotations
@@ -125,17 +125,28 @@ def class_names_tuple(names: Sequence[str] | None) -> tuple[str, ...]:
 
 
 class SegmentationModel(nn.Module):
-    """What every sam4em model has: its declared `info`, and from it `num_classes` and `image_size`."""
+    """What every sam4em model has: its declared `info`, and read from it `num_classes` and `image_size`."""
 
     info: ModelInfo[Any]
-    num_classes: int
-    image_size: int
 
     def __init__(self, *, info: ModelInfo[Any]) -> None:
         super().__init__()
         self.info = info
-        self.num_classes = info.num_classes
-        self.image_size = info.image_size
+
+    @property
+    def num_classes(self) -> int:
+        """C, the output channels (one per class)."""
+        return self.info.num_classes
+
+    @property
+    def image_size(self) -> int:
+        """The side S of the (S, S) slices the model takes."""
+        return self.info.image_size
+
+    @property
+    def memory_capacity(self) -> int:
+        """How many earlier slices the model remembers while going through a volume; 0 without memory."""
+        return 0
 
     def new_memory_bank(self) -> MemoryBank | None:
         """An empty memory bank for a new volume; None for models without memory (the default)."""

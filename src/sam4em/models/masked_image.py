@@ -56,6 +56,13 @@ class MaskedImageModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def image_size(self) -> int:
+        """The side S of the (S, S) slices its encoder is built for."""
+        size = cast(Sam2HieraDetConfig, self.encoder.config.backbone_config).image_size
+        assert isinstance(size, list)  # [S, S], as `sam2_config` sets it
+        return int(size[0])
+
     def random_masks(self, batch: int, size: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, S/u, S/u) bool masks hiding exactly round(ratio * units) units per image."""
         if size % self.mask_unit:

@@ -214,6 +214,11 @@ class SAM4EM(SegmentationModel):
         return full.view(-1, self.num_classes, self.image_size, self.image_size)
 
     # -- memory --------------------------------------------------------------------------------
+    @property
+    def memory_capacity(self) -> int:
+        """The slices its memory holds (`BuildOptions.memory_capacity`); 0 for an ablation without memory."""
+        return self.memory.capacity if self.memory is not None else 0
+
     def new_memory_bank(self) -> MemoryBank | None:
         """An empty bank for a new volume (None for models without memory)."""
         return self.memory.new_bank() if self.memory is not None else None

@@ -52,7 +52,7 @@ class UNet2D(SegmentationModel):
 class UNet3D(SegmentationModel):
     """MONAI 3D U-Net with in-plane-only downsampling in the first level (EM is anisotropic).
 
-    Clips (B, K, 1, S, S) -> logits (B, K, C, S, S).
+    Clips (B, K, 1, S, S) -> logits (B, K, C, S, S); the K it is built for is `info.clip_length`.
     """
 
     info: ModelInfo[BaselineOptions]
@@ -68,7 +68,6 @@ class UNet3D(SegmentationModel):
     ) -> None:
         options = BaselineOptions(num_classes=num_classes, image_size=image_size, clip_length=clip_length)
         super().__init__(info=ModelInfo(base="unet3d", build_options=options, class_names=class_names_tuple(class_names)))
-        self.clip_length = clip_length
         # z is halved only while the clip length stays even (so that up-sampling restores it exactly);
         # the remaining levels pool in-plane only.
         z_downs = 0
@@ -96,7 +95,9 @@ class UNet3D(SegmentationModel):
         self.eval()
         device = next(self.parameters()).device
         volume = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))[None, None].to(device)
-        roi = (min(self.clip_length, volume.shape[2]), self.image_size, self.image_size)
+        clip_length = self.info.clip_length
+        assert clip_length is not None  # a UNet3D is always built with one
+        roi = (min(clip_length, volume.shape[2]), self.image_size, self.image_size)
         logits = sliding_window_inference(
             volume, roi, batch_size, lambda x: self.net(x), overlap=overlap, mode="gaussian", padding_mode="reflect"
         )

@@ -50,8 +50,7 @@ def write_layer(data: Any, scale: Sequence[float], path: Path) -> Path:
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "biuf":
         raise ValueError(f"layer of dtype {dtype}: sam4em needs grey values or labels (integers or floats)")
-    out = create_volume(path, shape, dtype, voxel_size=voxel_size(scale))
-    with out:
+    with create_volume(path, shape, dtype, voxel_size=voxel_size(scale)) as out:
         for z in range(shape[0]):
             out[z] = np.asarray(data[z] if len(data.shape) == 3 else data)
     return path

@@ -1,4 +1,5 @@
-"""napari reader for sam4em outputs (Zarr, HDF5, N5, OME-Zarr) and run folders' validation overlays.
+"""napari reader for sam4em outputs (any container format of :mod:`sam4em.io.formats`: Zarr, HDF5,
+N5, ...; OME-Zarr) and run folders' validation overlays.
 
 * a segmentation output: every array it holds, at its voxel size (nm) as the layer scale: labels and
   instances as labels layers, probabilities as image layers; an OME-Zarr output also its input
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from sam4em.io import VolumeError, open_volume
+from sam4em.io import VolumeError, list_volumes, open_volume
+from sam4em.io.formats import format_for_path
 from sam4em.io.ome_zarr_output import PROBABILITIES, is_ome_output, open_output
 from sam4em.io.output_record import OutputRecord, read_output_record
 from sam4em.napari_plugin.jobs import IN_MEMORY_VOXELS
@@ -28,29 +30,20 @@ if TYPE_CHECKING:
 __all__ = ["get_reader", "read_output", "read_run_folder"]
 
 LayerData = tuple[Any, dict[str, Any], str]
-_CONTAINERS = (".zarr", ".h5", ".hdf5", ".hdf", ".n5")
 
 
-def _keys(path: Path) -> list[str]:
-    """The arrays of a container, as ``open_volume`` keys."""
-    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        found: list[str] = []
-        with h5py.File(path, "r") as handle:
-            handle.visititems(
-                lambda name, node: found.append(name) if isinstance(node, h5py.Dataset) else None
-            )
-        return found
-    from sam4em.io.zarr_store import list_zarr_images
-
-    return list_zarr_images(path)
+def _is_container(path: Path) -> bool:
+    """Whether ``path`` exists and its format (by the io table) holds several arrays by key."""
+    try:
+        return path.exists() and format_for_path(path).container
+    except VolumeError:  # no format reads it: left to other readers
+        return False
 
 
 def _records(path: Path) -> list[tuple[str, OutputRecord]]:
     """(key, run record) of every array sam4em wrote into a container (attributes only)."""
     found = []
-    for key in _keys(path):
+    for key in list_volumes(path):
         try:
             with open_volume(path, key) as volume:
                 record = read_output_record(volume.attrs)
@@ -156,7 +149,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     target = Path(path)
     if (target / "config.yaml").is_file() and (target / "model.safetensors").is_file():
         return lambda _: read_run_folder(target)
-    if target.suffix.lower() not in _CONTAINERS or not target.exists():
+    if not _is_container(target):
         return None
     if not is_ome_output(target) and not _records(target):
         return None

@@ -20,13 +20,6 @@ from sam4em.napari_plugin.jobs import default_classes, voxel_size
 
 __all__ = ["EvaluateWidget", "MeasureWidget", "table_text"]
 
-#: Metrics shown in the Evaluate table, in order.
-METRICS = (
-    "dice", "iou", "precision", "recall", "hd95", "assd", "ap50", "ap75", "msa", "voi_split", "voi_merge", "arand",
-    "flicker_ratio",
-)  # fmt: skip
-
-
 def table_text(columns: dict[str, list[Any]]) -> str:
     """Tab-separated text of a table (header line first), as spreadsheets paste it."""
     names = list(columns)
@@ -81,12 +74,14 @@ class EvaluateWidget(JobWidget):
         return job
 
     def on_result(self, result: Evaluation) -> None:
+        from sam4em.evaluation.metric_registry import table_keys  # the columns of `sam4em evaluate`'s table
+
         names = list(result.classes)
         self.columns = {"class": names}
-        for metric in METRICS:
-            values = [result.classes[n].values.get(metric) for n in names]
+        for key in table_keys():
+            values = [result.classes[n].values.get(key) for n in names]
             if any(v is not None for v in values):
-                self.columns[metric] = [None if v is None else round(float(v), 4) for v in values]
+                self.columns[key] = [None if v is None else round(float(v), 4) for v in values]
         self.table.value = self.columns
         self.status.value = (
             f"evaluated {len(names)} class(es); distances in {result.distance_unit}"

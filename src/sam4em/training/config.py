@@ -63,7 +63,8 @@ class ModelConfig:
     """The base and the build options of the model to train.
 
     In YAML the `CONFIGURABLE_BUILD_OPTIONS` sit flat beside `base` (``model: {base: cpu-small,
-    lora_rank: 4}``); the other `BuildOptions` fields follow from the method and the classes.
+    lora_rank: 4}``); the other `BuildOptions` fields follow from the method and the classes, so
+    `validate` refuses a `build` that sets them (a config built in code could not record them).
     """
 
     base: str = "cpu-small"
@@ -108,8 +109,8 @@ class TrainConfig:
     classes: str = "mito=255"
     volumes: list[VolumeConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # A config that leaves `stages` out gets every stage its method trains (`config_from_dict`).
-    stages: list[int] = field(default_factory=lambda: [1, 2])
+    # None (or left out of the YAML): every stage the method trains; read `stages_to_run`.
+    stages: list[int] | None = None
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
     loss: LossConfig = field(default_factory=LossConfig)
@@ -129,6 +130,11 @@ class TrainConfig:
     device: str | None = None
     bf16: bool = True  # autocast on devices that support it (CUDA); ignored on CPU
     tensorboard: bool = True
+
+    @property
+    def stages_to_run(self) -> list[int]:
+        """`stages`, or when unset every stage the method trains (`MethodSpec.stages`)."""
+        return list(self.stages) if self.stages is not None else METHODS[self.method].stages
 
 
 def _expand(value: Any) -> Any:
@@ -225,12 +231,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
     """A checked `TrainConfig` from plain data (a YAML document, or a run's recorded config) and overrides.
 
-    Without `stages` the config runs every stage its method trains (`MethodSpec.stages`).
+    Without `stages` the config runs every stage its method trains (`TrainConfig.stages_to_run`).
     """
     data = _expand(apply_overrides(dict(data or {}), overrides or []))
-    method = data.get("method", TrainConfig.method)
-    if "stages" not in data and isinstance(method, str) and method in METHODS:
-        data["stages"] = METHODS[method].stages
     config: TrainConfig = _build(TrainConfig, data, "")
     validate(config)
     return config
@@ -255,8 +258,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, preset:
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    """Plain data of `config` in the form a YAML config is written in (`config_from_dict` reads it back)."""
+    """Plain data of `config` in the form a YAML config is written in (`config_from_dict` reads it back).
+
+    `stages` is written resolved (`stages_to_run`): a run's config.yaml says which stages it ran.
+    """
     data = dataclasses.asdict(config)
+    data["stages"] = config.stages_to_run
     build = data["model"].pop("build")
     data["model"].update({key: build[key] for key in CONFIGURABLE_BUILD_OPTIONS})
     return data
@@ -268,9 +275,11 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"method: {config.method!r} is not one of {', '.join(METHOD_NAMES)}")
     if not config.volumes:
         raise ConfigError("volumes: at least one training volume is needed")
-    if config.stages not in ([1], [2], [1, 2]):
-        raise ConfigError(f"stages: expected [1], [2] or [1, 2], got {config.stages}")
-    if 2 in config.stages and not METHODS[config.method].has_memory:
+    _check_build_options(config.model.build)
+    stages = config.stages_to_run
+    if stages not in ([1], [2], [1, 2]):
+        raise ConfigError(f"stages: expected [1], [2] or [1, 2], got {stages}")
+    if 2 in stages and not METHODS[config.method].has_memory:
         raise ConfigError(
             f"stages: {config.method} has no memory, so stage 2 (the 3D memory stage) has nothing to train; "
             "set stages: [1] (--set stages=[1]) or leave `stages` out"
@@ -279,7 +288,7 @@ def validate(config: TrainConfig) -> None:
         stage: StageConfig = getattr(config, name)
         if stage.steps < 0 or stage.batch_size < 1 or stage.lr <= 0:
             raise ConfigError(f"{name}: steps >= 0, batch_size >= 1 and lr > 0 are required")
-    for stage_number in config.stages:
+    for stage_number in stages:
         if getattr(config, f"stage{stage_number}").steps == 0:
             raise ConfigError(
                 f"stage{stage_number}.steps: a stage that runs needs at least 1 step; set stage{stage_number}.steps "
@@ -294,3 +303,21 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"num_workers: must be >= 0 (or unset: chosen by the device), got {config.num_workers}")
     if config.grad_accumulation < 1:
         raise ConfigError("grad_accumulation must be >= 1")
+
+
+def _check_build_options(build: BuildOptions) -> None:
+    """Refuse a `model.build` that sets a field outside `CONFIGURABLE_BUILD_OPTIONS`: the method and the
+    classes decide those, so the value would be ignored in training and missing from config.yaml."""
+    default = BuildOptions()
+    for name in (f.name for f in dataclasses.fields(BuildOptions)):
+        value = getattr(build, name)
+        if name in CONFIGURABLE_BUILD_OPTIONS or value == getattr(default, name):
+            continue
+        if name == "num_classes":
+            raise ConfigError("model.build.num_classes: the classes are set by `classes` (one output per class); "
+                              "leave num_classes at 1 and list the classes in `classes`")
+        methods = [m for m, spec in METHODS.items() if dict(spec.build).get(name, getattr(default, name)) == value]
+        raise ConfigError(
+            f"model.build.{name}: set by the method, not the config; leave it at {getattr(default, name)!r} and "
+            f"choose a method with {name}={value!r} ({', '.join(methods) or 'none has it'})"
+        )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["METHODS", "METHOD_NAMES", "MethodSpec", "memory_methods"]
+__all__ = ["METHODS", "METHOD_NAMES", "MethodSpec"]
 
 Architecture = Literal["sam2", "unet2d", "unet3d"]
 
@@ -68,8 +68,3 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
-
-
-def memory_methods() -> tuple[str, ...]:
-    """The methods that train a memory in stage 2."""
-    return tuple(name for name, spec in METHODS.items() if spec.has_memory)

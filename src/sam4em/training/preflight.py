@@ -22,7 +22,7 @@ def stage_depths(config: TrainConfig) -> dict[int, int]:
     Stage 2 trains on clips; the volumetric U-Net (``unet3d``) trains on clips in every stage.
     """
     clips_always = METHODS[config.method].volumetric
-    return {stage: config.stage2.clip_length if (stage == 2 or clips_always) else 1 for stage in config.stages}
+    return {stage: config.stage2.clip_length if (stage == 2 or clips_always) else 1 for stage in config.stages_to_run}
 
 
 def check_splits(config: TrainConfig, train: list[VolumeSource], val: list[VolumeSource]) -> None:
@@ -57,7 +57,7 @@ def check_splits(config: TrainConfig, train: list[VolumeSource], val: list[Volum
 
 def check_batches(config: TrainConfig, world: int) -> None:
     """Every stage's batch splits evenly into gradient-accumulation rounds on every process."""
-    for stage in config.stages:
+    for stage in config.stages_to_run:
         batch = getattr(config, f"stage{stage}").batch_size
         if batch % (config.grad_accumulation * world):
             raise ConfigError(

@@ -30,7 +30,6 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sam4em.data.unlabelled import UnlabelledCrops, UnlabelledVolume
-from sam4em.models import MODELS
 from sam4em.models.encoder_weights import ENCODER_FILE, PRETRAIN_CONFIG
 from sam4em.models.masked_image import DECODER_STRIDE, MaskedImageModel, build_masked_image_model
 from sam4em.training.checkpoint import load_checkpoint, save_checkpoint
@@ -132,8 +131,7 @@ def pretrain(
     model = build_masked_image_model(
         settings.base, pretrained=settings.pretrained, image_size=settings.image_size, mask_unit=settings.mask_unit
     )
-    size = settings.image_size or MODELS[settings.base].image_size  # as build_masked_image_model chose
-    crops = UnlabelledCrops(sources, crop_size=size, samples=2**62, seed=settings.seed)
+    crops = UnlabelledCrops(sources, crop_size=model.image_size, samples=2**62, seed=settings.seed)
     _prepare(out_dir, settings, resume=resume)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
     step, seconds_before = 0, 0.0
@@ -168,7 +166,7 @@ def pretrain(
                                    max_seconds=settings.max_seconds)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.lr * factor
-                images, masks = _batch(crops, model, step, settings, size)
+                images, masks = _batch(crops, model, step, settings)
                 loss = masked_reconstruction_loss(model(images, masks), images, masks, settings.mask_unit)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -185,25 +183,25 @@ def pretrain(
         bar.close()
         log.close()
     save()
-    _finish(model, crops, out_dir, settings, size, step=step, seconds=elapsed(), loss=loss_value)
+    _finish(model, crops, out_dir, settings, step=step, seconds=elapsed(), loss=loss_value)
     return PretrainResult(out_dir, step, elapsed(), loss_value)
 
 
-def _batch(crops: UnlabelledCrops, model: MaskedImageModel, step: int, settings: PretrainSettings, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(crops: UnlabelledCrops, model: MaskedImageModel, step: int, settings: PretrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The crops and masks of `step`: functions of (seed, step) only."""
     first = step * settings.batch_size
     images = torch.stack([crops[i]["image"] for i in range(first, first + settings.batch_size)])
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-    return images, model.random_masks(settings.batch_size, size, settings.mask_ratio, generator)
+    return images, model.random_masks(settings.batch_size, model.image_size, settings.mask_ratio, generator)
 
 
-def _finish(model: MaskedImageModel, crops: UnlabelledCrops, out_dir: Path, settings: PretrainSettings, size: int, *,
+def _finish(model: MaskedImageModel, crops: UnlabelledCrops, out_dir: Path, settings: PretrainSettings, *,
             step: int, seconds: float, loss: float) -> None:
     """encoder.safetensors (atomic), the reconstruction figure, and the outcome in config.yaml."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
     tmp = out_dir / f".{ENCODER_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "base": settings.base})
-    save_reconstructions(model, crops, out_dir / "reconstructions.png", settings, size)
+    save_reconstructions(model, crops, out_dir / "reconstructions.png", settings)
     config = out_dir / PRETRAIN_CONFIG
     record = {"pretrain": dataclasses.asdict(settings),
               "outcome": {"steps": step, "seconds": round(seconds, 1), "final_loss": round(loss, 4),
@@ -215,7 +213,7 @@ def _finish(model: MaskedImageModel, crops: UnlabelledCrops, out_dir: Path, sett
 
 
 @torch.no_grad()
-def save_reconstructions(model: MaskedImageModel, crops: UnlabelledCrops, path: Path, settings: PretrainSettings, size: int, count: int = 4) -> None:
+def save_reconstructions(model: MaskedImageModel, crops: UnlabelledCrops, path: Path, settings: PretrainSettings, count: int = 4) -> None:
     """A PNG with one row per crop: input, masked input, reconstruction (hidden patches de-normalised
     with the true patch mean/std, visible pixels from the input)."""
     from matplotlib.figure import Figure
@@ -223,7 +221,7 @@ def save_reconstructions(model: MaskedImageModel, crops: UnlabelledCrops, path: 
     was_training = model.training
     model.eval()
     images = torch.stack([crops[i]["image"] for i in range(count)])
-    masks = model.random_masks(count, size, settings.mask_ratio, torch.Generator().manual_seed(settings.seed))
+    masks = model.random_masks(count, model.image_size, settings.mask_ratio, torch.Generator().manual_seed(settings.seed))
     prediction = model(images, masks)
     model.train(was_training)
     p = DECODER_STRIDE

@@ -75,12 +75,13 @@ class Selection:
 
 def run_record(result: RunResult, config: TrainConfig, stage: int) -> dict[str, Any]:
     """The sections config.yaml gets beside `model` once `stage` has finished: the config and the selection."""
-    finished = config.stages[: config.stages.index(stage) + 1]
+    stages = config.stages_to_run
+    finished = stages[: stages.index(stage) + 1]
     selection = {
         "weights_from": result.kept,
         "val_dice_mean": round(result.kept_score, 4),
         "judged_on": f"the validation samples of stage {stage}",
         "best_val_dice_per_stage": {f"stage {s}": round(result.best_scores.get(s, float("nan")), 4) for s in finished},
-        "complete": stage == config.stages[-1],
+        "complete": stage == stages[-1],
     }
     return {"train": config_to_dict(config), "selection": selection}

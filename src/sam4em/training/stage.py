@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource
-from sam4em.models.unet import UNet3D
 from sam4em.training.checkpoint import save_checkpoint
 from sam4em.training.config import StageConfig, TrainConfig
 from sam4em.training.feed import StepTimer, loader_options
@@ -62,9 +61,11 @@ class RunContext:
 
 
 def stage_settings(model: TrainableModel, config: TrainConfig, stage: int) -> StageConfig:
-    """`config.stage1` or `config.stage2`; a volumetric baseline trains on its own clip length in any stage."""
+    """`config.stage1` or `config.stage2`; a volumetric model (the 3D U-Net) trains on the clip length it
+    was built for in any stage."""
     settings: StageConfig = config.stage1 if stage == 1 else config.stage2
-    return replace(settings, clip_length=model.clip_length) if isinstance(model, UNet3D) else settings
+    clip_length = model.info.clip_length
+    return replace(settings, clip_length=clip_length) if clip_length is not None else settings
 
 
 class StageRunner:

@@ -28,9 +28,8 @@ from sam4em.claim import claim_output
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.data.samples import VolumeSource
 from sam4em.models import load_model, save_model
-from sam4em.models.unet import UNet3D
 from sam4em.training.checkpoint import load_checkpoint
-from sam4em.training.config import ConfigError, TrainConfig
+from sam4em.training.config import ConfigError, TrainConfig, validate
 from sam4em.training.distributed import init_distributed, training_device
 from sam4em.training.method_builder import TrainableModel, build_method, is_clip_model
 from sam4em.training.plots import plot_training_curves, plot_validation_overlay
@@ -52,14 +51,15 @@ def train(
     progress: bool = True,
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> RunResult:
-    """Train `config.method` through `config.stages` into `out_dir` (see the module docstring).
+    """Train `config.method` through `config.stages_to_run` into `out_dir` (see the module docstring).
 
     Writes ``config.yaml``, ``metrics.csv``, ``checkpoints/``, ``plots/`` and, after every stage, the
     best model so far as ``model.safetensors``. Returns with ``interrupted=True`` after SIGINT/SIGTERM,
     having saved a checkpoint that ``resume=True`` continues from (with the same config: any other is
     refused); `should_stop(stage, step)` requests the same from code (a GUI's stop button, a job
-    scheduler's time limit).
+    scheduler's time limit). `config` is checked first (`validate`), however it was made.
     """
+    validate(config)
     out_dir = Path(out_dir)
     rank, world = init_distributed()
     device = training_device(config, rank)
@@ -93,7 +93,7 @@ def train(
             log.close()
         result.seconds = time.time() - started
         if main:
-            save_model(model, out_dir, extra_sections=run_record(result, config, config.stages[-1]))
+            save_model(model, out_dir, extra_sections=run_record(result, config, config.stages_to_run[-1]))
             _save_plots(out_dir, model, config, val_sources, device)
         if world > 1:
             dist.barrier()
@@ -132,7 +132,8 @@ def _result_so_far(out_dir: Path, model: TrainableModel, checkpoint: dict[str, A
 def _run_stages(run: RunContext, checkpoint: dict[str, Any] | None) -> bool:
     """Run the config's stages from where `checkpoint` left off; False when interrupted."""
     config = run.config
-    for stage in config.stages:
+    stages = config.stages_to_run
+    for stage in stages:
         if checkpoint is not None and checkpoint["stage"] > stage:
             continue  # finished before the interruption; its best weights are in the checkpoint
         state = None
@@ -144,7 +145,7 @@ def _run_stages(run: RunContext, checkpoint: dict[str, Any] | None) -> bool:
         checkpoint = None
         if not finished:
             return False
-        if run.rank == 0 and stage != config.stages[-1]:
+        if run.rank == 0 and stage != stages[-1]:
             # A run whose next stage fails still leaves a usable model.
             save_model(run.model, run.out_dir, extra_sections=run_record(run.result, config, stage))
     return True
@@ -175,10 +176,10 @@ def _save_plots(
     plot_training_curves(out_dir / "metrics.csv", plots / "curves.png")
     if not val_sources:
         return
-    last = max(config.stages)
+    last = max(config.stages_to_run)
     clip = is_clip_model(model, last)
     stage = config.stage1 if last == 1 else config.stage2
-    clip_length = model.clip_length if isinstance(model, UNet3D) else min(stage.clip_length, 4)
+    clip_length = model.info.clip_length or min(stage.clip_length, 4)
     samples = stage_dataset(
         val_sources, clip=clip, stage=replace(stage, clip_length=clip_length), size=model.image_size,
         config=config, train=False, samples=4, seed=config.seed + VAL_SEED_OFFSET,

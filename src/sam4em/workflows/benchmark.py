@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4em.evaluation.metric_registry import score_keys
 from sam4em.evaluation.results_file import write_json
 from sam4em.training.methods import METHODS
 
@@ -149,7 +150,6 @@ def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, 
         "classes": plan.classes,
         "volumes": [volume],
         "model": {"base": profile.base, "pretrained": profile.pretrained},
-        "stages": [1, 2] if with_memory else [1],
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5,
@@ -232,13 +232,10 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
         "slices_per_second": round(labels.shape[0] / infer_seconds, 3),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "classes": {
-            name: {k: _plain(v) for k, v in values.items() if k in _REPORTED}
+            name: {k: _plain(v) for k, v in values.items()}  # every registered metric's scores
             for name, values in ((name, s.values) for name, s in scores.classes.items())
         },
     }
-
-
-_REPORTED = ("dice", "iou", "dice_slice_mean", "precision", "recall", "hd95", "ap50", "ap75", "msa", "voi", "arand", "flicker_ratio")
 
 
 def _plain(value: Any) -> Any:
@@ -328,7 +325,7 @@ def write_results(records: list[dict[str, Any]], out: Path, profile: Profile, da
         for name, scores in record["classes"].items():
             rows.append({
                 "dataset": record["dataset"], "class": name, "method": record["method"], "base": record["base"],
-                "weights": record["weights"], **{k: scores.get(k) for k in _REPORTED},
+                "weights": record["weights"], **{k: scores.get(k) for k in score_keys()},
                 "val_dice": record["val_dice"], "train_seconds": record["train_seconds"],
                 "steps": f"{record['steps_stage1']}+{record['steps_stage2']}",
                 "slices_per_second": record["slices_per_second"], "peak_memory_mb": record["peak_memory_mb"],

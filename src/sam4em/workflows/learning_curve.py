@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4em.training.methods import METHODS
 from sam4em.workflows.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
 
 CURVE_METHODS: dict[str, dict[str, Any]] = {
@@ -127,7 +128,7 @@ def finetune_config(
 ) -> dict[str, Any]:
     """The `sam4em train` config of one run (equal wall time for every method)."""
     spec = CURVE_METHODS[method]
-    memory = spec["method"] == "sam4em"
+    memory = METHODS[spec["method"]].has_memory
     stage1_seconds = profile.finetune_seconds * ((1 - profile.memory_share) if memory else 1.0)
     volume: dict[str, Any] = {"image": plan.train_image, "labels": plan.train_labels,
                               "val_fraction": _VAL_FRACTION[plan.name], "labelled_slices": slices}
@@ -136,7 +137,6 @@ def finetune_config(
     return {
         "method": spec["method"], "classes": plan.classes, "volumes": [volume],
         "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune")},
-        "stages": [1, 2] if memory else [1],
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5, "clip_length": plan.clip_length,

@@ -211,8 +211,8 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
 
     source = workdir / "raw.zarr"
     rng = np.random.default_rng(0)
-    out = create_volume(source, (case.slices, case.slice_size, case.slice_size), np.uint8, voxel_size=(40.0, 8.0, 8.0))
-    with out:  # `out`, not `as`: the protocol's __enter__ is typed as a read-only Volume
+    shape = (case.slices, case.slice_size, case.slice_size)
+    with create_volume(source, shape, np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
         out[:] = rng.integers(0, 256, out.shape, dtype=np.uint8)
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
