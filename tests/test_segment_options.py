@@ -179,3 +179,18 @@ def test_segment_help_lists_exactly_the_outputs_check_request_accepts(
                 accepted = False
             assert listed == accepted, (fmt.name, suffix or "(no extension)")
     assert "slices" not in output_help and "PNG" not in output_help
+
+
+def test_an_output_format_that_cannot_store_the_dtype_is_refused_before_the_model_loads(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(VolumeError, match=r"o\.n5: N5 stores cannot store probs as float16 \(use probs_dtype="):
+        check_request(image, tmp_path / "o.n5", SegmentOptions(output_type="probs"))
+    check_request(image, tmp_path / "o.n5", SegmentOptions(output_type="probs", probs_dtype="float32"))
+    with pytest.raises(VolumeError, match=r"o\.mrc: MRC files cannot store instances as uint32"):
+        check_request(image, tmp_path / "o.mrc", SegmentOptions(output_type="instances"))
+    # From the shell: one line and exit 2, from a model name that is never loaded (it does not exist).
+    code = main(["segment", str(image), str(tmp_path / "o.n5"), "--model", "no-such-run", "--output-type", "probs"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "N5 stores cannot store probs as float16" in err and "\n" not in err
+    assert not (tmp_path / "o.n5").exists()

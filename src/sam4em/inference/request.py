@@ -61,7 +61,10 @@ def check_request(
     *,
     multi_writer: bool = False,
 ) -> CheckedRequest:
-    """Refuse a request that cannot succeed, without loading the model.
+    """Refuse a request that cannot succeed, without loading the model: the device, the output's format
+    (known, able to hold the output type and its dtype, several writers), the output is not the input
+    nor under a file and is not replaced without overwrite/resume, the classes and tile fit the
+    model's record, and the output fits on its disk.
 
     Args:
         input_path, output_path: as for `segment_to_file` (``"vol.h5:key"`` carries the key).
@@ -79,6 +82,7 @@ def check_request(
     out_spec, out_key = split_spec(output_path, options.output_key)
     output = Path(out_spec)
     fmt = output_format(output, options.output_type, multi_writer=multi_writer)
+    refuse_unstorable_dtype(output, fmt, options)
     ome = options.ome or output.name.lower().endswith(OME_SUFFIX)
     if ome and (not fmt.ome_ngff or out_key):
         raise VolumeError(f"{output}: OME-Zarr outputs are whole .zarr stores (use out{OME_SUFFIX}, without a key)")
@@ -140,6 +144,22 @@ def output_format(path: Path, output_type: OutputType, *, multi_writer: bool = F
             f"(use {_suffixes(lambda f: f.multi_writer_safe)})"
         )
     return fmt
+
+
+#: The dtype each output type is written in (probabilities: ``SegmentOptions.probs_dtype``).
+_OUTPUT_DTYPES = {"labels": "uint8", "instances": "uint32"}
+
+
+def refuse_unstorable_dtype(path: Path, fmt: VolumeFormat, options: SegmentOptions) -> None:
+    """Refuse before any model loads an output whose format cannot store the output's dtype."""
+    dtype = options.probs_dtype if options.output_type == "probs" else _OUTPUT_DTYPES[options.output_type]
+    if fmt.stores_dtype is None or fmt.stores_dtype(dtype):
+        return
+    fix = "probs_dtype='float32' or 'uint8' in Python, or " if options.output_type == "probs" else ""
+    raise VolumeError(
+        f"{path}: {fmt.describe} cannot store {options.output_type} as {dtype} "
+        f"(use {fix}a {_suffixes(lambda f: f.stores_dtype is None and f.container)} output)"
+    )
 
 
 def _suffixes(wanted: Callable[[VolumeFormat], bool]) -> str:

@@ -86,6 +86,8 @@ class VolumeFormat:
     #: Holds OME-Zarr (NGFF) images, so a segmentation output may be written as one (pyramids,
     #: ``labels/<class>``; see :mod:`sam4em.io.ome_zarr_output`).
     ome_ngff: bool = False
+    #: Whether ``create`` can store a dtype (by name, 'float16'); None: any numpy dtype.
+    stores_dtype: Callable[[str], bool] | None = None
     #: Recognises a folder without a known extension by what it holds.
     detect: Callable[[Path], bool] | None = None
     #: The keys of the volumes inside a container (each opens with ``open_volume(path, key)``).
@@ -292,6 +294,18 @@ def _open_n5(request: OpenRequest) -> Volume:
     return open_n5(request.path, request.key, request.writable)
 
 
+def _n5_stores(dtype: str) -> bool:
+    from sam4em.io.n5 import DTYPES
+
+    return dtype in DTYPES
+
+
+def _mrc_stores(dtype: str) -> bool:
+    from sam4em.io.mrc import MODES
+
+    return dtype in MODES
+
+
 def _create_n5(r: CreateRequest) -> WritableVolume:
     from sam4em.io.n5 import create_n5
 
@@ -372,10 +386,12 @@ for _fmt in (
     VolumeFormat(
         name="n5", suffixes=(".n5",), container=True, writable=True, multi_writer_safe=True,
         open=_open_n5, create=_create_n5, describe="N5 stores", detect=_is_n5, list_keys=_list_n5,
+        stores_dtype=_n5_stores,
     ),
     VolumeFormat(
         name="mrc", suffixes=(".mrc", ".rec", ".map", ".mrcs"), container=False, writable=True,
         multi_writer_safe=False, open=_open_mrc, create=_create_mrc, describe="MRC files",
+        stores_dtype=_mrc_stores,
     ),
     VolumeFormat(
         name=_IMAGES, suffixes=(".png",), container=False, writable=False, multi_writer_safe=False,
