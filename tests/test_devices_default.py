@@ -75,7 +75,7 @@ def test_segment_without_device_loads_the_model_on_cuda_when_present(
     def load_model(source: str, *, device: str | None = None) -> None:
         raise _LoadedOn(device)
 
-    monkeypatch.setattr("sam4em.models.load_model", load_model)
+    monkeypatch.setattr("sam4em.inference.run.load_model", load_model)
     with pytest.raises(_LoadedOn) as loaded:
         main(["segment", str(image), str(tmp_path / "out.zarr"), "--model", "test-tiny", "--direction", "forward"])
     assert loaded.value.args == ("cuda",)

@@ -48,9 +48,7 @@ def add_segment_parser(sub: Subparsers) -> None:
 
 def segment_command(args: argparse.Namespace) -> int:
     from sam4em.devices import default_device
-    from sam4em.inference.request import check_request
     from sam4em.inference.streaming import Interrupted, SegmentOptions, segment_to_file
-    from sam4em.models import load_model
 
     distributed = bool(args.workers or args.scheduler)
     options = SegmentOptions(
@@ -70,8 +68,6 @@ def segment_command(args: argparse.Namespace) -> int:
         watershed=args.watershed,
         ome=args.ome,
     )
-    # Refuse bad paths, keys, classes, tiles and a too-full disk before the (slow) model load.
-    check_request(args.input, args.output, options, args.model, multi_writer=distributed)
     stop = threading.Event()
     progress = None if args.no_progress else progress_bar("segment")
     if not distributed:  # one process: CUDA when present (Dask workers choose their own, cpu unless --device)
@@ -85,9 +81,8 @@ def segment_command(args: argparse.Namespace) -> int:
                     args.input, args.output, args.model, options, workers=args.workers,
                     scheduler_address=args.scheduler, stop=stop, progress=progress,
                 )
-            else:
-                model = load_model(args.model, device=options.device)
-                segment_to_file(args.input, args.output, model, options, stop=stop, progress=progress)
+            else:  # the library checks the request (check_request) before its (slow) model load
+                segment_to_file(args.input, args.output, args.model, options, stop=stop, progress=progress)
         except Interrupted:
             print(f"sam4em: interrupted; finished blocks are in {args.output}; rerun with --resume", file=sys.stderr)
             return EXIT_INTERRUPTED

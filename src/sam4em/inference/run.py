@@ -242,7 +242,10 @@ def _load(model: ModelSource, device: str | None, distributed: bool) -> tuple[Se
     """The model, loaded if a run folder or name, and where it runs (``device``, else
     :func:`device_for`; None for Dask workers, which keep their own default placement)."""
     placement = resolve_device(device)
-    loaded = load_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    if isinstance(model, (str, os.PathLike)):  # straight onto the device: no second copy on the CPU
+        loaded = load_model(os.fspath(model), device=None if placement is None else str(placement))
+    else:
+        loaded = model
     if placement is None and not distributed:
         placement = device_for(loaded)
     return (loaded.to(placement) if placement is not None else loaded), placement
