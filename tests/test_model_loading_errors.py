@@ -104,3 +104,18 @@ def test_broken_run_folder_is_refused_in_one_line_naming_the_file(
     assert not (tmp_path / "out.zarr").exists()
     with pytest.raises(CheckpointError):  # the library raises the same refusal, as a ValueError
         load_model(run)
+
+
+def test_a_run_that_has_not_saved_a_model_yet_says_so_and_how_to_finish_it(
+    image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sam4em.training.config import TrainConfig
+    from sam4em.training.run_folder import prepare_run_dir
+
+    run = tmp_path / "run"
+    prepare_run_dir(run, TrainConfig(), resume=False)  # what `sam4em train` writes when it starts
+    code = main(["segment", str(image), str(tmp_path / "out.zarr"), "--model", str(run), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert "has not saved a model yet" in err and f"--out {run} --resume" in err, err
+    assert not (tmp_path / "out.zarr").exists()

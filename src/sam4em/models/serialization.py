@@ -108,6 +108,12 @@ def read_model_record(directory: str | Path) -> dict[str, Any]:
             "restore it from the run folder or retrain"
         ) from None
     record = data.get("model") if isinstance(data, dict) else None
+    if record is None and isinstance(data, dict) and "train" in data:
+        # `sam4em train` writes its config when it starts and the model when stage 1 has finished.
+        raise CheckpointError(
+            f"{path.parent}: a training run that has not saved a model yet (stopped before its first stage "
+            f"finished); finish it with `sam4em train CONFIG --out {path.parent} --resume`, or use a trained run"
+        )
     if isinstance(record, dict):
         format_version(record, source=str(path))  # a newer format is refused as such, before its keys are judged
     # Refuses missing entries, unknown build keys and impossible values in one line naming the file.
