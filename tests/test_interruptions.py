@@ -9,6 +9,7 @@ random seed is printed, so a failure can be replayed with SAM4EM_TEST_SEED=<seed
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -177,6 +178,8 @@ def _assert_every_file_loads(run: Path) -> None:
             assert all(np.isfinite(float(r["loss"])) and r["seconds"] for r in rows), path
         elif path.suffix == ".yaml":
             assert "train" in yaml.safe_load(path.read_text()), path
+        elif path.name == "data_fingerprint.json":
+            assert json.loads(path.read_text()), path
         else:
             raise AssertionError(f"unexpected file {path}")
 

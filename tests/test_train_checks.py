@@ -106,6 +106,20 @@ def test_resume_refuses_a_changed_config_naming_the_keys_and_keeps_config_yaml(t
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 0
 
 
+def test_resume_refuses_training_data_replaced_at_the_same_path(tmp_path, capsys):
+    config = _yaml(tmp_path)
+    run = tmp_path / "run"
+    stopped = train(load_config(config), run, progress=False, should_stop=lambda stage, step: (stage, step) == (1, 2))
+    assert stopped.interrupted and (run / "data_fingerprint.json").exists()
+    labels = tmp_path / "labels.tif"
+    original = tifffile.imread(labels)
+    tifffile.imwrite(labels, np.roll(original, 3, axis=2), photometric="minisblack")  # same path, shape, dtype
+    base = ["train", str(config), "--out", str(run), "--resume", "--no-progress"]
+    _fails(base, capsys, "volumes[0].labels", "content differs", "--out")
+    tifffile.imwrite(labels, original, photometric="minisblack")  # the run's own data again: it resumes
+    assert main(base) == 0
+
+
 def test_a_second_run_on_a_run_folder_in_use_is_refused(tmp_path, capsys):
     config = _yaml(tmp_path)
     run = tmp_path / "run"

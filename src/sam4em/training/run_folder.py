@@ -5,6 +5,7 @@ A run writes its resolved config into ``RUN/config.yaml`` (section ``train``) wh
 refuses any difference naming the fields: a run whose seed, learning rate, model, data or stages
 changed half-way would be neither the old run nor the new one, and its config.yaml would describe
 neither. Only `RESUMABLE_KEYS` may change: fields that do not change a single number of the result.
+The volumes' content is compared too (:mod:`sam4em.training.data_fingerprint`), not only their paths.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from sam4em.fingerprint import mismatches
 from sam4em.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from sam4em.training.data_fingerprint import check_same_data, write_data_fingerprint
 
 # Data-loader processes (each sample is a function of seed, stage and index, whoever reads it) and
 # TensorBoard logging (metrics.csv is written either way).
@@ -42,6 +44,7 @@ def check_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None:
         raise ConfigError(f"{out_dir}: holds a run already; pass --resume to continue it or choose a new --out")
     else:
         check_same_config(out_dir, config)
+        check_same_data(out_dir, config.volumes)
 
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None:
@@ -55,6 +58,7 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None
     tmp = config_file.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump({"train": config_to_dict(config)}, sort_keys=False))
     os.replace(tmp, config_file)
+    write_data_fingerprint(out_dir, config.volumes)
 
 
 def _started(out_dir: Path) -> bool:
