@@ -21,7 +21,7 @@ def add_lora(module: nn.Module, *, target_modules: str, rank: int, alpha: float,
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     # peft annotates lora_alpha as int but only divides it by the rank: a float alpha (BuildOptions) works.
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none"  # type: ignore[arg-type]
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none"
     )
     return inject_adapter_in_model(config, module)
 

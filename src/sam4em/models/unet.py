@@ -80,7 +80,7 @@ class UNet3D(SegmentationModel):
             out_channels=num_classes,
             channels=channels,
             # MONAI's annotation says Sequence[int]; its convolutions also take one stride per axis.
-            strides=strides,  # type: ignore[arg-type]
+            strides=strides,
             num_res_units=2,
         )
 
