@@ -128,6 +128,12 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_the_import_graph_covers_the_package() -> None:
+    graph = import_graph()
+    assert len(graph) > 100 and {"sam4em.cli", "sam4em.io.formats"} <= set(graph)
+    assert "sam4em.io.formats" in graph["sam4em.io.api"]
+
+
 def test_no_import_cycles() -> None:
     cycles = import_cycles(import_graph())
     assert not cycles, "import cycles (lazy imports included): " + "; ".join(" <-> ".join(c) for c in cycles)

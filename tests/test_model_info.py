@@ -61,7 +61,8 @@ def test_segment_with_an_untrained_base_exits_2_before_loading(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was loaded before the name was checked")
 
-    monkeypatch.setattr("sam4em.models.load_model", refuse)
+    for where in ("sam4em.models.load_model", "sam4em.inference.run.load_model", "sam4em.models.serialization.load_model"):
+        monkeypatch.setattr(where, refuse)
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((2, 32, 32), np.uint8), photometric="minisblack")
     code = main(["segment", str(image), str(tmp_path / "out.zarr"), "--model", "sam2.1-hiera-large"])

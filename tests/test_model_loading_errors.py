@@ -95,15 +95,13 @@ def test_broken_run_folder_is_refused_in_one_line_naming_the_file(
     code = main(["segment", str(image), str(tmp_path / "out.zarr"), "--model", str(run), "--device", "cpu",
                  "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    lines = [line for line in err if line.startswith("sam4em: ")]
     assert code == 2, err
-    assert "Traceback" not in "\n".join(err)
-    assert len(lines) == 1 and lines[0].startswith("sam4em: error: "), err
-    assert file_name in lines[0] and problem in lines[0], lines[0]
-    assert not (tmp_path / "PWNED").exists()
+    assert len(err) == 1 and err[0].startswith("sam4em: error: "), err
+    assert file_name in err[0] and problem in err[0], err[0]
     assert not (tmp_path / "out.zarr").exists()
     with pytest.raises(CheckpointError):  # the library raises the same refusal, as a ValueError
         load_model(run)
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_a_run_that_has_not_saved_a_model_yet_says_so_and_how_to_finish_it(

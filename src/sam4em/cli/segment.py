@@ -21,7 +21,7 @@ def add_segment_parser(sub: Subparsers) -> None:
         + output_suffixes_help(),
     )
     segment.add_argument(
-        "--model", required=True, help="a trained run folder (`sam4em models --runs`), or test-tiny for a smoke test"
+        "--model", required=True, help="a trained run folder (the --out of `sam4em train`), or test-tiny for a smoke test"
     )
     segment.add_argument("--input-key")
     segment.add_argument("--output-key")
@@ -47,7 +47,6 @@ def add_segment_parser(sub: Subparsers) -> None:
 
 
 def segment_command(args: argparse.Namespace) -> int:
-    from sam4em.devices import default_device
     from sam4em.inference.streaming import Interrupted, SegmentOptions, segment_to_file
 
     distributed = bool(args.workers or args.scheduler)
@@ -70,8 +69,6 @@ def segment_command(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     progress = None if args.no_progress else progress_bar("segment")
-    if not distributed:  # one process: CUDA when present (Dask workers choose their own, cpu unless --device)
-        options = options.replace(device=args.device or str(default_device()))
     with stop_on_signals(stop), library_messages(enabled=progress is not None):
         try:
             if distributed:

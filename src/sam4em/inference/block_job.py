@@ -20,7 +20,7 @@ import zarr
 
 from sam4em.inference.output_files import open_writable
 from sam4em.inference.postprocess import probs_to_labels, to_uint8_probs
-from sam4em.inference.predictor import SlicePredictor, plan_tiling
+from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_slices
 from sam4em.inference.segment import Direction
 from sam4em.inference.tiling import ZBlock
 from sam4em.models import SegmentationModel
@@ -105,14 +105,12 @@ class BlockJob:
         tick: Callable[[], None] | None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Selected-class probabilities (C, Y, X) of the slices in ``keep``, predicted along ``order``."""
-        predictor.reset()
         selection = list(self.class_indices)
-        for z in order:
-            probs = predictor(np.asarray(volume[z]))[selection]
+        for z, probs in predict_slices(volume, predictor, order):
             if tick is not None:
                 tick()
             if z in keep:
-                yield z, probs
+                yield z, probs[selection]
 
     def _fused(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.inference.options import OutputType
+from sam4em.inference.options import OutputType, SegmentOptions
 from sam4em.inference.postprocess import probs_to_instances
 from sam4em.inference.tiling import ZBlock
 from sam4em.io import VolumeError, WritableVolume, create_volume, open_volume
@@ -41,6 +41,13 @@ __all__ = [
 ]
 
 OUTPUT_DTYPES = {"labels": np.uint8, "instances": np.uint32}
+
+
+def output_dtype(options: SegmentOptions) -> np.dtype[Any]:
+    """The dtype an output is stored in: ``options.probs_dtype`` for probabilities, else by type."""
+    if options.output_type == "probs":
+        return np.dtype(options.probs_dtype)
+    return np.dtype(OUTPUT_DTYPES[options.output_type])
 #: In-plane chunk edge of outputs: 1 MB uint8 chunks, small enough to view remotely.
 CHUNK_YX = 512
 

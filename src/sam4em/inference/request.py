@@ -22,6 +22,7 @@ import numpy as np
 from sam4em.claim import refuse_file_parent
 from sam4em.devices import resolve_device
 from sam4em.inference.options import OutputType, SegmentOptions
+from sam4em.inference.output_files import output_dtype
 from sam4em.inference.predictor import plan_tiling
 from sam4em.io import VolumeError, has_scheme, open_volume, parse_path_key, resolve_path
 from sam4em.io.formats import FORMATS, VolumeFormat, format_for_suffix, suffix_of
@@ -32,11 +33,6 @@ from sam4em.models.declared import declared_classes_and_size
 __all__ = ["CheckedRequest", "check_free_space", "check_request", "estimate_output_bytes", "select_classes"]
 
 ModelSource = SegmentationModel | str | os.PathLike[str]
-
-#: Bytes per voxel of each output type but probabilities (stored as ``options.probs_dtype``): labels
-#: as uint8, instances as uint32 beside a temporary uint8 label store (see `sam4em.inference.streaming`).
-_BYTES_PER_VOXEL = {"labels": 1, "instances": 4 + 1}
-
 
 @dataclass(frozen=True)
 class CheckedRequest:
@@ -146,13 +142,9 @@ def output_format(path: Path, output_type: OutputType, *, multi_writer: bool = F
     return fmt
 
 
-#: The dtype each output type is written in (probabilities: ``SegmentOptions.probs_dtype``).
-_OUTPUT_DTYPES = {"labels": "uint8", "instances": "uint32"}
-
-
 def refuse_unstorable_dtype(path: Path, fmt: VolumeFormat, options: SegmentOptions) -> None:
     """Refuse before any model loads an output whose format cannot store the output's dtype."""
-    dtype = options.probs_dtype if options.output_type == "probs" else _OUTPUT_DTYPES[options.output_type]
+    dtype = output_dtype(options).name
     if fmt.stores_dtype is None or fmt.stores_dtype(dtype):
         return
     fix = "probs_dtype='float32' or 'uint8' in Python, or " if options.output_type == "probs" else ""
@@ -195,9 +187,11 @@ def estimate_output_bytes(shape: Sequence[int], options: SegmentOptions, num_cla
     """Uncompressed size of a segmentation of a (Z, Y, X) volume: shape x dtype x classes (probabilities
     in ``options.probs_dtype``)."""
     voxels = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    itemsize = output_dtype(options).itemsize
     if options.output_type == "probs":
-        return voxels * num_classes * np.dtype(options.probs_dtype).itemsize
-    return voxels * _BYTES_PER_VOXEL[options.output_type]
+        return voxels * num_classes * itemsize
+    # Instances are labelled from a temporary uint8 label store written first (see `streaming`).
+    return voxels * (itemsize + (1 if options.output_type == "instances" else 0))
 
 
 def check_free_space(output_path: str | os.PathLike[str], needed: int) -> None:

@@ -41,11 +41,7 @@ def choose_target(
             raise _mixed_runs(sibling, found["run"], record)
     if not output.exists():
         return output, False, True
-    if not (resume or overwrite):
-        raise VolumeError(
-            f"{output}: already exists (pass overwrite=True / --overwrite to replace it, "
-            "or resume=True / --resume to finish an interrupted run)"
-        )
+    # An existing output without resume or overwrite was refused by `check_request` already.
     if resume:
         found = read_record(output, keys[0])
         if found is not None and same_run(found["run"], record):

@@ -22,7 +22,7 @@ import torch
 from sam4em import __version__
 from sam4em.claim import claim_output
 from sam4em.data.normalize import volume_percentiles
-from sam4em.devices import device_for, resolve_device
+from sam4em.devices import default_device, device_for, resolve_device
 from sam4em.fingerprint import digest_state
 from sam4em.inference.block_job import BlockJob
 from sam4em.inference.options import SegmentOptions, recorded_options
@@ -242,7 +242,10 @@ def _load(model: ModelSource, device: str | None, distributed: bool) -> tuple[Se
     """The model, loaded if a run folder or name, and where it runs (``device``, else
     :func:`device_for`; None for Dask workers, which keep their own default placement)."""
     placement = resolve_device(device)
-    if isinstance(model, (str, os.PathLike)):  # straight onto the device: no second copy on the CPU
+    if isinstance(model, (str, os.PathLike)):
+        if placement is None and not distributed:
+            placement = default_device()  # a model loaded from disk has no placement of its own
+        # Straight onto the device: no second copy on the CPU.
         loaded = load_model(os.fspath(model), device=None if placement is None else str(placement))
     else:
         loaded = model

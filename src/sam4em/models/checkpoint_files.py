@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from typing import Any
 
 import torch
@@ -41,16 +42,28 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def read_torch_weights(path: str | os.PathLike[str]) -> Any:
     """A torch checkpoint of plain tensors (``weights_only``); pickled objects and damaged files are refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
+    # torch warns about what it refuses before raising; the refusal below says it in one line, so its
+    # warnings are shown only when the load succeeds.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise _refusal(path, error) from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return state
+
+
+def _refusal(path: str | os.PathLike[str], error: BaseException) -> CheckpointError:
+    """The one-line refusal of a torch checkpoint that `torch.load(weights_only=True)` could not read."""
+    if isinstance(error, pickle.UnpicklingError):
+        return CheckpointError(
             f"{path}: not a checkpoint of plain tensors (a pickle of other objects, which sam4em never "
             "unpickles, or another kind of file); point base_weights (in the run's config.yaml) or the model "
             "path at Meta's sam2.1_hiera_*.pt or a Hugging Face SAM2 folder"
-        ) from None
-    except (RuntimeError, EOFError) as error:  # a truncated or non-zip file
-        raise CheckpointError(
-            f"{path}: damaged or not a torch checkpoint ({_first_line(error)[:120]}); download it again, or "
-            "pass a Hugging Face SAM2 folder"
-        ) from None
+        )
+    return CheckpointError(  # a truncated or non-zip file
+        f"{path}: damaged or not a torch checkpoint ({_first_line(error)[:120]}); download it again, or "
+        "pass a Hugging Face SAM2 folder"
+    )

@@ -60,7 +60,7 @@ class SegmentWidget(JobWidget):
             raise ValueError("no image layer: open or add an image first")
         source = self.model.value.strip()
         if not source:
-            raise ValueError("model: give a trained run folder (see `sam4em models --runs`)")
+            raise ValueError("model: give a trained run folder (the --out of `sam4em train`)")
         from sam4em.inference.options import SegmentOptions
 
         options = SegmentOptions(

@@ -36,4 +36,4 @@ def build_method(config: TrainConfig, class_names: Sequence[str]) -> TrainableMo
 
 def is_clip_model(model: TrainableModel, stage: int) -> bool:
     """Whether `stage` trains `model` on clips (memory stage, or a volumetric U-Net) rather than slices."""
-    return stage == 2 or isinstance(model, UNet3D)
+    return stage == 2 or model.info.is_volumetric

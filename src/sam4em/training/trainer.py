@@ -28,6 +28,8 @@ from sam4em.claim import claim_output
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.data.samples import VolumeSource
 from sam4em.models import load_model, save_model
+from sam4em.models.checkpoint_files import CheckpointError
+from sam4em.models.weights import load_state_strict
 from sam4em.training.checkpoint import load_checkpoint
 from sam4em.training.config import ConfigError, TrainConfig, validate
 from sam4em.training.distributed import init_distributed, training_device
@@ -153,18 +155,9 @@ def _run_stages(run: RunContext, checkpoint: dict[str, Any] | None) -> bool:
 
 def _load_weights(model: TrainableModel, state: dict[str, torch.Tensor], source: str) -> None:
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ConfigError(
-            f"{source}: its weights do not fit the model of this config ({_first_problem(error)}); "
-            "use a config with the same model and classes"
-        ) from None
-
-
-def _first_problem(error: RuntimeError) -> str:
-    """The first specific line of a `load_state_dict` error (its first line only says where)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[1] if len(lines) > 1 else lines[0])[:200] if lines else type(error).__name__
+        load_state_strict(model, state, source=source)
+    except CheckpointError as error:
+        raise ConfigError(f"{error}; use a config with the same model and classes") from None
 
 
 def _save_plots(

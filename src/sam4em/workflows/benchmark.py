@@ -186,7 +186,7 @@ def segment_test_crop(
         labels = np.asarray(label_volume[z0:z1, y0:y1, x0:x1])
         bounds = volume_percentiles(image_volume)
     started = time.time()
-    if isinstance(model, UNet3D):
+    if isinstance(model, UNet3D):  # the type, not only info.is_volumetric: predict_volume is UNet3D's
         probs = model.predict_volume(percentile_normalize(image, bounds=bounds))
     else:
         probs = segment_volume(image, model, direction="both")
