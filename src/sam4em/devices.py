@@ -11,6 +11,8 @@ the CPU (`device_for` keeps a model that a caller already placed on an accelerat
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from sam4em.errors import Sam4emError
@@ -79,3 +81,19 @@ def describe_device(device: str | torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)
+
+
+def available_host_memory() -> int:
+    """Bytes of RAM this machine can still hand out (Linux ``MemAvailable``; elsewhere free pages, or
+    1 GiB when neither can be read): what sizing decisions may plan to use."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30

@@ -33,6 +33,9 @@ def add_segment_parser(sub: Subparsers) -> None:
                          help="context on each side of a tile, Y X or one number (default: 1/8 of the input)")
     segment.add_argument("--direction", choices=["forward", "backward", "both"], default="both")
     segment.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    segment.add_argument("--streams", type=int,
+                         help="z-blocks advanced in lockstep, each with its own memory: STREAMS x batch-size windows "
+                              "per forward pass (default: 1 on a CPU, enough to fill a GPU)")
     segment.add_argument("--block-size", type=int, default=32, help="slices per z-block (the unit of resume and of Dask tasks)")
     segment.add_argument("--min-size", type=int, default=0, help="instances: drop objects smaller than this (voxels)")
     segment.add_argument("--watershed", action="store_true", help="instances: split touching objects")
@@ -59,6 +62,7 @@ def segment_command(args: argparse.Namespace) -> int:
         tile_shape=args.tile,
         halo=args.halo,
         batch_size=args.batch_size,
+        streams=args.streams,
         block_size=args.block_size,
         device=args.device,
         overwrite=args.overwrite,

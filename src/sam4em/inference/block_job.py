@@ -1,6 +1,8 @@
 """`BlockJob`: segment one z-block of a run and write its owned slices (one process, or a Dask task).
 
-A block reads ``overlap`` warm-up slices on each side whose predictions only fill the memory bank;
+Several blocks may run together as z-streams in lockstep (`sam4em.inference.predictor.predict_streams`):
+one model call then holds windows of every block, which is what keeps a GPU busy. A block reads
+``overlap`` warm-up slices on each side whose predictions only fill the memory bank;
 with ``direction="both"`` the forward probabilities of the owned slices wait in a temporary Zarr store
 beside the target (``<target>.partial-forward-<i>.zarr``, deleted after the block) for the backward
 pass, with which they are averaged slice by slice. See :mod:`sam4em.inference.streaming` for the
@@ -10,7 +12,7 @@ accuracy at block boundaries.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +22,7 @@ import zarr
 
 from sam4em.inference.output_files import open_writable
 from sam4em.inference.postprocess import probs_to_labels, to_uint8_probs
-from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_slices
+from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_streams
 from sam4em.inference.segment import Direction
 from sam4em.inference.tiling import ZBlock
 from sam4em.models import SegmentationModel
@@ -70,79 +72,88 @@ class BlockJob:
 
     def run(
         self,
-        block: ZBlock,
+        blocks: Sequence[ZBlock],
         volume: Any,
         predictor: SlicePredictor,
         tick: Callable[[], None] | None = None,
     ) -> None:
-        """Segment ``block`` of ``volume`` (Z, Y, X) and write its owned slices to the target."""
-        owned = block.write.stop - block.write.start
+        """Segment ``blocks`` of ``volume`` (Z, Y, X), as z-streams in lockstep (one block: alone), and
+        write their owned slices to the target.
+
+        Every block's buffer (its owned slices in the output dtype) is held until all are done."""
         dtype = np.dtype(self.dtype)
         count = len(self.keys)
-        buffers = np.empty((count, owned, *self.shape[1:]), dtype=dtype)
-        for z, probs in self._fused(block, volume, predictor, tick):
+        buffers = [np.empty((count, b.write.stop - b.write.start, *self.shape[1:]), dtype=dtype) for b in blocks]
+        for stream, z, probs in self._fused(blocks, volume, predictor, tick):
+            at = z - blocks[stream].write.start
             if self.stage == "labels":
                 labels = probs_to_labels(probs, self.threshold)
                 # One class map (1..C), or one 0/1 mask per class (OME-Zarr's labels/<class>).
-                buffers[:, z - block.write.start] = labels if count == 1 else labels == np.arange(1, count + 1)[:, None, None]
+                buffers[stream][:, at] = labels if count == 1 else labels == np.arange(1, count + 1)[:, None, None]
             elif dtype == np.uint8:
-                buffers[:, z - block.write.start] = to_uint8_probs(probs)
+                buffers[stream][:, at] = to_uint8_probs(probs)
             else:
-                buffers[:, z - block.write.start] = probs
-        for key, buffer in zip(self.keys, buffers, strict=True):
-            with open_writable(self.target, key) as out:
-                out[block.write] = buffer
-        if self.input_copy is not None:
-            with open_writable(self.input_copy, None) as out:
-                out[block.write] = volume[block.write]
+                buffers[stream][:, at] = probs
+        for block, block_buffers in zip(blocks, buffers, strict=True):
+            for key, buffer in zip(self.keys, block_buffers, strict=True):
+                with open_writable(self.target, key) as out:
+                    out[block.write] = buffer
+            if self.input_copy is not None:
+                with open_writable(self.input_copy, None) as out:
+                    out[block.write] = volume[block.write]
 
     def _pass(
         self,
         volume: Any,
         predictor: SlicePredictor,
-        order: range,
-        keep: range,
+        orders: list[range],
+        keep: list[range],
         tick: Callable[[], None] | None,
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Selected-class probabilities (C, Y, X) of the slices in ``keep``, predicted along ``order``."""
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(stream, z, selected-class probabilities (C, Y, X)) of the slices in ``keep[stream]``, each
+        stream predicted along its ``orders[stream]``."""
         selection = list(self.class_indices)
-        for z, probs in predict_slices(volume, predictor, order):
+        for stream, z, probs in predict_streams(volume, predictor, orders):
             if tick is not None:
                 tick()
-            if z in keep:
-                yield z, probs[selection]
+            if z in keep[stream]:
+                yield stream, z, probs[selection]
 
     def _fused(
         self,
-        block: ZBlock,
+        blocks: Sequence[ZBlock],
         volume: Any,
         predictor: SlicePredictor,
         tick: Callable[[], None] | None,
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        owned = range(block.write.start, block.write.stop)
-        forward = range(block.read_forward.start, block.read_forward.stop)
-        backward = range(block.read_backward.stop - 1, block.read_backward.start - 1, -1)
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        owned = [range(b.write.start, b.write.stop) for b in blocks]
+        forward = [range(b.read_forward.start, b.read_forward.stop) for b in blocks]
+        backward = [range(b.read_backward.stop - 1, b.read_backward.start - 1, -1) for b in blocks]
         if self.direction == "forward":
             yield from self._pass(volume, predictor, forward, owned, tick)
             return
         if self.direction == "backward":
             yield from self._pass(volume, predictor, backward, owned, tick)
             return
-        spill_path = self.spill_path(block)
-        spill = zarr.create_array(
-            store=str(spill_path),
-            shape=(len(owned), len(self.class_indices), *self.shape[1:]),
+        spills: list[zarr.Array] = []
+        try:
+            spills += [self._spill(block) for block in blocks]
+            # p / 2 + q / 2 in float32, as segment_volume accumulates its passes, so one block is exact.
+            for stream, z, probs in self._pass(volume, predictor, forward, owned, tick):
+                spills[stream][z - blocks[stream].write.start] = probs / 2
+            for stream, z, probs in self._pass(volume, predictor, backward, owned, tick):
+                yield stream, z, np.asarray(spills[stream][z - blocks[stream].write.start]) + probs / 2
+        finally:
+            for block in blocks:
+                shutil.rmtree(self.spill_path(block), ignore_errors=True)
+
+    def _spill(self, block: ZBlock) -> zarr.Array:
+        """A temporary store for the forward probabilities of ``block``'s owned slices."""
+        return zarr.create_array(
+            store=str(self.spill_path(block)),
+            shape=(block.write.stop - block.write.start, len(self.class_indices), *self.shape[1:]),
             chunks=(1, len(self.class_indices), *self.shape[1:]),
             dtype=np.float32,
             compressors=None,  # written once, read once: compression would only cost time
             overwrite=True,
         )
-        try:
-            # p / 2 + q / 2 in float32, as segment_volume accumulates its passes, so one block is exact.
-            for z, probs in self._pass(volume, predictor, forward, owned, tick):
-                spill[z - block.write.start] = probs / 2
-            for z, probs in self._pass(volume, predictor, backward, owned, tick):
-                yield z, np.asarray(spill[z - block.write.start]) + probs / 2
-        finally:
-            shutil.rmtree(spill_path, ignore_errors=True)
-

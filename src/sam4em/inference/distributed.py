@@ -74,14 +74,15 @@ def _cached_model(source: str, device: str | None, weights: str) -> Segmentation
     return model
 
 
-def _segment_block(job: BlockJob, block: ZBlock, model: SegmentationModel | str) -> int:
-    """The task: segment one z-block into the output; returns the block's index."""
+def _segment_wave(job: BlockJob, blocks: tuple[ZBlock, ...], model: SegmentationModel | str) -> list[int]:
+    """The task: segment z-blocks (as streams in lockstep, `SegmentOptions.streams`) into the output;
+    returns their indices."""
     loaded = _cached_model(model, job.device, job.model_weights) if isinstance(model, str) else model
     if job.device is not None:
         loaded = loaded.to(job.device)
     with open_volume(job.input_path, job.input_key) as volume:
-        job.run(block, volume, job.predictor(loaded))
-    return block.index
+        job.run(blocks, volume, job.predictor(loaded))
+    return [block.index for block in blocks]
 
 
 @contextmanager
@@ -134,7 +135,7 @@ def segment_to_file_dask(
             return finish_run(run)
         counter = SliceCounter(run, progress)
         done = set(run.done)
-        pending = iter(run.todo)
+        pending = iter(run.waves)
         with _client(workers, scheduler_address) as client:
             reference: Any
             if isinstance(model, (str, os.PathLike)):
@@ -145,18 +146,18 @@ def segment_to_file_dask(
             futures = as_completed()
 
             def submit_next() -> None:
-                block = next(pending, None)
-                if block is not None:
-                    futures.add(client.submit(_segment_block, run.job, block, reference, pure=False))
+                wave = next(pending, None)
+                if wave is not None:
+                    futures.add(client.submit(_segment_wave, run.job, wave, reference, pure=False))
 
             # One task per worker thread: few enough that a stop only waits for blocks already running.
             for _ in range(max(1, sum(client.nthreads().values()))):
                 submit_next()
             try:
                 for future in futures:
-                    index = future.result()
-                    done.add(index)
-                    counter.tick(run.slices_per_block(run.blocks[index]))
+                    for index in future.result():
+                        done.add(index)
+                        counter.tick(run.slices_per_block(run.blocks[index]))
                     if not stop_requested(stop):
                         submit_next()
             finally:

@@ -45,6 +45,11 @@ class SegmentOptions:
         direction: ``"forward"``, ``"backward"`` or ``"both"`` (mean of the two passes).
         tile_shape, halo: in-plane (Y, X) tiling, see :func:`sam4em.inference.predictor.plan_tiling`.
         batch_size: windows of one slice per model call.
+        streams: z-blocks advanced in lockstep, so one model call holds ``streams x batch_size`` windows
+            (each block keeps its own memory; results equal one block at a time within float rounding,
+            see :mod:`sam4em.inference.streaming`). Default: 1 on a CPU; on a GPU enough to fill about
+            :data:`sam4em.inference.run.TARGET_WINDOWS` windows per call, no more than the blocks left and the host memory
+            that their buffers need allows (:func:`sam4em.inference.run.choose_streams`).
         device: torch device to run on (default: where the model is if that is a GPU, else CUDA when
             available, else the CPU: :func:`sam4em.devices.device_for`).
         block_size: slices per z-block; memory grows with it (one block of output is held).
@@ -71,6 +76,7 @@ class SegmentOptions:
     tile_shape: tuple[int, int] | None = field(default=None, metadata=_recorded())
     halo: tuple[int, int] | None = field(default=None, metadata=_recorded())
     batch_size: int = 8
+    streams: int | None = None
     device: str | None = None
     block_size: int = field(default=32, metadata=_recorded())
     overlap: int | None = field(default=None, metadata=_recorded())
@@ -97,6 +103,8 @@ class SegmentOptions:
                 object.__setattr__(self, name, yx_pair(value, name))
         if self.device is not None:
             object.__setattr__(self, "device", str(self.device))
+        if self.streams is not None and (isinstance(self.streams, bool) or not isinstance(self.streams, int) or self.streams < 1):
+            raise ValueError(f"streams must be a positive number of z-blocks, got {self.streams!r}; pass e.g. --streams 4")
 
     def replace(self, **changes: Any) -> SegmentOptions:
         """A copy with ``changes`` (field names), validated again."""

@@ -77,7 +77,13 @@ def yx_pair(value: Sequence[int], name: Literal["tile_shape", "halo"]) -> tuple[
 
 
 class SlicePredictor:
-    """Predicts class probabilities (C, Y, X) for consecutive slices of one volume in one z order."""
+    """Predicts class probabilities (C, Y, X) for consecutive slices of one volume in one z order, or
+    of several independent z-streams advanced in lockstep (`predict_streams`).
+
+    Each stream has its own memory; a model call holds one tile batch (``batch_size`` windows) of every
+    active stream, so K streams put K times as many windows through each call (what keeps a GPU busy)
+    while each stream sees exactly the memory it would see alone.
+    """
 
     def __init__(
         self,
@@ -99,28 +105,48 @@ class SlicePredictor:
         self.autocast = autocast and self.device.type == "cuda"
         self.reset()
 
-    def reset(self) -> None:
-        """Forget the memory: the next slice starts a new volume (or a new pass)."""
+    def reset(self, streams: int = 1) -> None:
+        """Forget the memory: the next call starts ``streams`` new volumes (or new passes)."""
+        self.streams = streams
         self.banks = [self.model.new_memory_bank() for _ in self.batches]
+
+    def keep_streams(self, keep: Sequence[bool]) -> None:
+        """Drop the streams where ``keep`` (one per active stream) is False, with their memory."""
+        if len(keep) != self.streams:
+            raise ValueError(f"{len(keep)} flags for {self.streams} active streams")
+        for batch, bank in zip(self.batches, self.banks, strict=True):
+            if bank is not None:
+                bank.keep_windows(torch.tensor(keep).repeat_interleave(len(batch)))
+        self.streams = sum(keep)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """One raw slice (Y, X) -> float32 probabilities (C, Y, X), advancing every tile's memory."""
-        if tuple(image.shape) != self.plan.image_shape:
-            raise ValueError(f"slice of shape {tuple(image.shape)} does not match the plan's {self.plan.image_shape}")
-        normalized = percentile_normalize(image, bounds=self.bounds)
-        blender = TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes)
+        return self.predict([image])[0]
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The next raw slice (Y, X) of every active stream -> float32 probabilities (C, Y, X) each."""
+        if len(images) != self.streams:
+            raise ValueError(f"{len(images)} slices for {self.streams} active streams")
+        for image in images:
+            if tuple(image.shape) != self.plan.image_shape:
+                raise ValueError(f"slice of shape {tuple(image.shape)} does not match the plan's {self.plan.image_shape}")
+        normalized = [percentile_normalize(image, bounds=self.bounds) for image in images]
+        blenders = [TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes) for _ in images]
         window = self.plan.window
         for batch, bank in zip(self.batches, self.banks, strict=True):
-            crops = [pad_to_window(normalized[tile.window], window) for tile in batch]
+            # Stream-major: the windows of stream 0, then those of stream 1, ... (as `keep_streams` drops them).
+            crops = [pad_to_window(slice_[tile.window], window) for slice_ in normalized for tile in batch]
             pixels = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
             context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
             with context:
                 logits = self.model(pixels, bank).logits
             probs = torch.sigmoid(logits.float()).cpu().numpy()
-            for tile, prob in zip(batch, probs, strict=True):
-                blender.add(tile, crop_from_window(prob, tile.window_shape))
-        return blender.result()
+            for index, prob in enumerate(probs):
+                tile = batch[index % len(batch)]
+                blenders[index // len(batch)].add(tile, crop_from_window(prob, tile.window_shape))
+        return [blender.result() for blender in blenders]
 
 
 def predict_slices(
@@ -129,6 +155,26 @@ def predict_slices(
     z_order: Iterable[int],
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (z, probabilities (C, Y, X)) for `volume[z]` in `z_order`, from an empty memory."""
-    predictor.reset()
-    for z in z_order:
-        yield z, predictor(np.asarray(volume[z]))
+    for _, z, probs in predict_streams(volume, predictor, [list(z_order)]):
+        yield z, probs
+
+
+def predict_streams(
+    volume,
+    predictor: SlicePredictor,
+    z_orders: Sequence[Sequence[int]],
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (stream, z, probabilities (C, Y, X)) for every z of every order in ``z_orders``, the
+    streams advanced in lockstep from empty memories: step j predicts the j-th slice of every order
+    that has one, so each stream's result is the one it gets alone (within float rounding of the
+    larger batches). A stream leaves the batch, memory and all, when its order ends."""
+    predictor.reset(len(z_orders))
+    active = list(range(len(z_orders)))
+    for step in range(max((len(order) for order in z_orders), default=0)):
+        still = [stream for stream in active if step < len(z_orders[stream])]
+        if len(still) != len(active):
+            predictor.keep_streams([stream in still for stream in active])
+            active = still
+        slices = [np.asarray(volume[z_orders[stream][step]]) for stream in active]
+        for stream, probs in zip(active, predictor.predict(slices), strict=True):
+            yield stream, z_orders[stream][step], probs

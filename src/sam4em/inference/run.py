@@ -22,7 +22,7 @@ import torch
 from sam4em import __version__
 from sam4em.claim import claim_output
 from sam4em.data.normalize import volume_percentiles
-from sam4em.devices import default_device, device_for, resolve_device
+from sam4em.devices import available_host_memory, default_device, device_for, resolve_device
 from sam4em.fingerprint import digest_state
 from sam4em.inference.block_job import BlockJob
 from sam4em.inference.options import SegmentOptions, recorded_options
@@ -50,10 +50,12 @@ from sam4em.models import SegmentationModel, load_model
 from sam4em.models.declared import model_class_names
 
 __all__ = [
+    "TARGET_WINDOWS",
     "Interrupted",
     "Run",
     "SliceCounter",
     "StopSignal",
+    "choose_streams",
     "finish_run",
     "mark_done",
     "prepare_run",
@@ -100,6 +102,12 @@ class Run:
     @property
     def todo(self) -> tuple[ZBlock, ...]:
         return tuple(b for b in self.blocks if b.index not in self.done)
+
+    @property
+    def waves(self) -> tuple[tuple[ZBlock, ...], ...]:
+        """The blocks left, in groups of ``options.streams`` that run as z-streams in lockstep."""
+        todo, size = self.todo, self.options.streams or 1
+        return tuple(todo[i : i + size] for i in range(0, len(todo), size))
 
     def slices_per_block(self, block: ZBlock) -> int:
         """Slices predicted for ``block``, warm-up included (for progress)."""
@@ -158,6 +166,7 @@ def prepare_run(
     else:
         keys = output_keys(request.format, request.output_key, resolved.output_type, selected)
     blocks = z_blocks(request.shape[0], resolved.block_size, resolved.overlap or 0)  # refuses a bad size
+    resolved = resolved.replace(streams=choose_streams(resolved, plan, len(blocks), placement))
     layout = _Layout(request, (z_chunk(resolved.block_size), CHUNK_YX, CHUNK_YX), voxel_size, input_dtype,
                      {RUN_RECORD: json.dumps(record), COMPLETE: False})  # fmt: skip
     with claim_output(request.output):  # from here on the output's files are written
@@ -274,6 +283,28 @@ def _resolve(
         device=None if device is None else str(device),
     )
     return resolved, indices, plan
+
+
+#: Windows per model call that a GPU needs to be kept busy (the encoder's batch throughput levels off
+#: around here for 512-pixel windows); automatic ``streams`` aim for it.
+TARGET_WINDOWS = 64
+
+
+def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, device: torch.device | None) -> int:
+    """Z-blocks to advance in lockstep: ``options.streams`` if given (at most ``blocks``); otherwise 1
+    on a CPU (a CPU is as busy with one batch as with several) and on a GPU enough streams to reach
+    :data:`TARGET_WINDOWS` windows per call, limited by the blocks and by a quarter of the free host
+    memory for their output buffers (every stream holds its block until the wave ends)."""
+    if options.streams is not None:
+        return max(1, min(options.streams, blocks))
+    if device is None or device.type != "cuda":
+        return 1
+    windows_per_call = min(options.batch_size, len(plan.tiles))
+    classes = len(options.classes or ()) or 1
+    itemsize = np.dtype(options.probs_dtype).itemsize if options.output_type == "probs" else 1
+    block_bytes = options.block_size * classes * plan.image_shape[0] * plan.image_shape[1] * itemsize
+    by_memory = available_host_memory() // 4 // max(1, block_bytes)
+    return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_memory))
 
 
 def _block_job(

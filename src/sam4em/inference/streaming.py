@@ -132,16 +132,17 @@ def segment_to_file(
     """
     with prepare_run(input_path, output_path, model, options or SegmentOptions()) as (run, loaded):
         # Said once every check has passed, so a refused run says only why (the CLI shows INFO records).
-        _log.info("segmenting on %s", describe_device(next(loaded.parameters()).device))
+        _log.info("segmenting on %s (%d z-stream%s)", describe_device(next(loaded.parameters()).device),
+                  run.options.streams, "" if run.options.streams == 1 else "s in lockstep")
         counter = SliceCounter(run, progress)
         done = set(run.done)
         if run.todo:
             predictor = run.job.predictor(loaded)
             with open_volume(run.job.input_path, run.job.input_key) as volume:
-                for block in run.todo:
+                for wave in run.waves:
                     if stop_requested(stop):
                         raise Interrupted(run.output, len(done), len(run.blocks))
-                    run.job.run(block, volume, predictor, counter.tick)
-                    done.add(block.index)
+                    run.job.run(wave, volume, predictor, counter.tick)
+                    done.update(block.index for block in wave)
                     mark_done(run, done)
         return finish_run(run)

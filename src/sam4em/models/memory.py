@@ -43,6 +43,21 @@ class MemoryBank:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def keep_windows(self, keep: torch.Tensor) -> None:
+        """Keep only the windows where `keep` (bool, one per window the entries were made for) is set.
+
+        Entries hold one row per window and class (N = B * C, window-major, as SAM4EM folds classes
+        into the batch), so each window's C rows go or stay together. This is how a stream that has
+        finished leaves a batch of streams advanced in lockstep (`sam4em.inference.predictor`).
+        """
+        if not self.entries:
+            return
+        rows_per_window, remainder = divmod(self.entries[0].features.shape[0], keep.numel())
+        if remainder:
+            raise ValueError(f"{keep.numel()} windows do not divide the bank's {self.entries[0].features.shape[0]} rows")
+        rows = keep.to(self.entries[0].features.device).repeat_interleave(rows_per_window)
+        self.entries = deque(MemoryEntry(e.features[rows], e.position[rows]) for e in self.entries)
+
     def detach(self) -> None:
         """Cut the autograd graph (truncated backpropagation through z)."""
         self.entries = deque(MemoryEntry(e.features.detach(), e.position.detach()) for e in self.entries)

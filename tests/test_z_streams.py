@@ -1,0 +1,103 @@
+"""Z-blocks advanced in lockstep (`SegmentOptions.streams`, `predict_streams`): the same result as one
+block at a time, within float rounding of the larger batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam4em.inference.options import SegmentOptions
+from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_slices, predict_streams
+from sam4em.inference.run import TARGET_WINDOWS, choose_streams
+from sam4em.inference.streaming import segment_to_file
+from sam4em.io import create_volume, open_volume
+
+SHAPE = (13, 80, 96)
+CLASSES = ("mito", "er")
+#: Largest difference measured between streams in lockstep and one block at a time (float32
+#: probabilities, test-tiny with scaled logits, one torch thread): 1.2e-7, float32 rounding of larger
+#: batches. Other kernels (GPU, bf16) round differently; the bound leaves room for that in float32.
+STREAM_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(decisive_tiny_model):
+    return decisive_tiny_model(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return (rng.random(SHAPE) * 200 + np.linspace(0, 50, SHAPE[1])[None, :, None]).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def raw_path(tmp_path_factory: pytest.TempPathFactory, volume: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("raw") / "raw.zarr"
+    with create_volume(path, SHAPE, np.uint8) as out:
+        out[:] = volume
+    return path
+
+
+def read_probs(path: Path) -> np.ndarray:
+    arrays = []
+    for name in CLASSES:
+        with open_volume(path, name) as stored:
+            arrays.append(stored[:].astype(np.float32))
+    return np.stack(arrays)
+
+
+def run(raw_path: Path, out: Path, model, **options) -> np.ndarray:
+    return read_probs(segment_to_file(raw_path, out, model, SegmentOptions(block_size=4, probs_dtype="float32", **options)))
+
+
+@pytest.mark.parametrize(("direction", "streams", "batch_size"), [("both", 4, 8), ("forward", 2, 3), ("backward", 3, 1)])
+def test_streams_equal_one_block_at_a_time(tmp_path, raw_path, model, direction, streams, batch_size):
+    """13 slices in blocks of 4: 4 blocks of different lengths (the ends have less warm-up, the last
+    owns one slice), so streams leave the batch at different steps; several tile batches per slice."""
+    alone = run(raw_path, tmp_path / "alone.zarr", model, direction=direction, streams=1, batch_size=batch_size)
+    together = run(raw_path, tmp_path / "together.zarr", model, direction=direction, streams=streams,
+                   batch_size=batch_size)  # fmt: skip
+    assert alone.std() > 1e-3  # a flat prediction could not tell streams apart
+    np.testing.assert_allclose(together, alone, atol=STREAM_TOLERANCE)
+
+
+def test_streams_of_one_volume_equal_separate_passes(model, volume):
+    """Three overlapping orders, both directions, through one predictor in lockstep: each stream gets
+    what it gets alone, and every step of every order is yielded once. The first stream ends first,
+    so the memory rows of a stream in the middle of the batch are the ones dropped."""
+    plan = plan_tiling(SHAPE[1:], model.image_size)
+    predictor = SlicePredictor(model, plan, intensity_bounds=(0.0, 255.0), batch_size=2)
+    orders = [[5, 6], list(range(0, 9)), list(range(12, 2, -1))]
+    together: dict[tuple[int, int], np.ndarray] = {}
+    for stream, z, probs in predict_streams(volume, predictor, orders):
+        assert (stream, z) not in together
+        together[stream, z] = probs
+    assert len(together) == sum(len(order) for order in orders)
+    for stream, order in enumerate(orders):
+        for z, probs in predict_slices(volume, predictor, order):
+            np.testing.assert_allclose(together[stream, z], probs, atol=STREAM_TOLERANCE)
+
+
+def test_waves_and_automatic_streams(model):
+    plan = plan_tiling((512, 512), model.image_size)  # many windows per slice
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    options = SegmentOptions(classes=CLASSES, batch_size=8)
+    assert choose_streams(options, plan, 10, cpu) == 1
+    assert choose_streams(options, plan, 10, gpu) == min(10, TARGET_WINDOWS // 8)
+    assert choose_streams(options, plan, 3, gpu) == 3  # never more streams than blocks
+    assert choose_streams(options.replace(streams=5), plan, 10, cpu) == 5
+    assert choose_streams(options.replace(streams=5), plan, 2, cpu) == 2
+    with pytest.raises(ValueError, match="--streams"):
+        SegmentOptions(streams=0)
