@@ -296,3 +296,25 @@ def test_multimask_fallback_is_an_option_saved_with_the_model(tmp_path):
     loaded = load_model(tmp_path / "run")
     assert loaded.info.build_options.multimask_fallback
     assert loaded.stage1_decoder.dynamic_multimask_via_stability and loaded.stage2_decoder.dynamic_multimask_via_stability
+
+
+def test_detail_head_values_do_not_depend_on_its_memory_layout():
+    """The fuse runs channels-last for speed; its result equals the plain convolution of the
+    concatenated features (image detail repeated per class)."""
+    import torch.nn.functional as F
+
+    from sam4em.models.detail_head import DetailHead
+
+    torch.manual_seed(0)
+    head = DetailHead(channels=4).eval()
+    for parameter in head.parameters():
+        torch.nn.init.normal_(parameter)
+    images, low_res = torch.rand(2, 1, 32, 32), torch.randn(6, 1, 8, 8)  # 2 windows, 3 classes
+    with torch.no_grad():
+        detail = head.stem(images)
+        up = F.interpolate(low_res, size=(32, 32), mode="bilinear", align_corners=False)
+        first, _, last = head.fuse
+        hidden = F.gelu(F.conv2d(torch.cat([detail.repeat_interleave(3, 0), up], 1), first.weight, first.bias, padding=1))
+        expected = up + F.conv2d(hidden, last.weight, last.bias)
+        out = head(detail, low_res)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -39,4 +39,8 @@ class DetailHead(nn.Module):
     def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(low_res, size=detail.shape[-2:], mode="bilinear", align_corners=False)
         detail = detail.repeat_interleave(low_res.shape[0] // detail.shape[0], dim=0)
-        return up + self.fuse(torch.cat([detail, up], dim=1))
+        # Channels-last: with a few channels at full resolution, oneDNN's default-layout convolutions
+        # spend most of their time converting layouts (the fuse took 46 ms per 256-pixel window with 3
+        # classes on the 2-core CPU, 27 ms channels-last; docs/benchmarks.md). Same values.
+        fused = torch.cat([detail, up], dim=1).contiguous(memory_format=torch.channels_last)
+        return up + self.fuse(fused)  # one channel: channels-last and default strides coincide
