@@ -30,3 +30,15 @@ def test_cases_follow_the_device() -> None:
     assert [c.model for c in speed_cases("cpu")] == ["cpu-small"]
     assert [c.model for c in speed_cases("cuda")] == ["sam2.1-hiera-tiny", "sam2.1-hiera-base-plus"]
     assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
+
+
+def test_end_to_end_rate_and_time_in_the_model(tmp_path) -> None:
+    """`segment_to_file` end to end: the share of its wall time inside the model is a fraction."""
+    from sam4em.workflows.speed_benchmark import SpeedCase, stream_rate
+
+    model = build_model("test-tiny", 3, pretrained=False).eval()
+    case = SpeedCase("test-tiny", "cpu", window=model.image_size, slice_size=80, slices=3, block_size=2,
+                     batch_size=4, train_seconds=1.0, repeats=1)  # fmt: skip
+    rate = stream_rate(model, case, tmp_path)
+    assert rate["slices_per_s"] > 0 and rate["streams"] == 1
+    assert 0 < rate["efficiency"] < 1

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from sam4em.inference.block_job import BlockJob
 from sam4em.inference.options import SegmentOptions
 from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_slices, predict_streams
 from sam4em.inference.run import TARGET_WINDOWS, choose_streams
-from sam4em.inference.streaming import segment_to_file
+from sam4em.inference.streaming import BLOCKS_DONE, Interrupted, segment_to_file
 from sam4em.io import create_volume, open_volume
 
 SHAPE = (13, 80, 96)
@@ -101,3 +102,43 @@ def test_waves_and_automatic_streams(model):
     assert choose_streams(options.replace(streams=5), plan, 2, cpu) == 2
     with pytest.raises(ValueError, match="--streams"):
         SegmentOptions(streams=0)
+
+
+def attrs(path: Path) -> dict:
+    with open_volume(path, CLASSES[0]) as stored:
+        return dict(stored.attrs)
+
+
+def test_waves_run_in_lockstep_and_resume(tmp_path, raw_path, model):
+    """4 blocks in waves of 2: a stop between waves keeps the written wave, a resume finishes the
+    rest, and the result equals an uninterrupted run."""
+    options = {"direction": "forward", "streams": 2}
+    calls = iter([False, True])  # one wave, then stop
+    out = tmp_path / "probs.zarr"
+    with pytest.raises(Interrupted, match="--resume"):
+        segment_to_file(raw_path, out, model, SegmentOptions(block_size=4, probs_dtype="float32", **options),
+                        stop=lambda: next(calls))  # fmt: skip
+    assert list(attrs(out)[BLOCKS_DONE]) == [0, 1]
+    resumed = run(raw_path, out, model, resume=True, **options)
+    assert list(attrs(out)[BLOCKS_DONE]) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(resumed, run(raw_path, tmp_path / "whole.zarr", model, **options))
+
+
+def test_a_failed_background_write_stops_the_run_and_is_not_recorded(tmp_path, raw_path, model, monkeypatch):
+    """Writes run in a background thread while the next wave is predicted: the first error surfaces,
+    and only blocks actually written are recorded as done."""
+    written = []
+    real_write = BlockJob.write
+
+    def failing_write(self, blocks, buffers, volume):
+        if written:
+            raise OSError("disk full")
+        real_write(self, blocks, buffers, volume)
+        written.extend(block.index for block in blocks)
+
+    monkeypatch.setattr(BlockJob, "write", failing_write)
+    out = tmp_path / "probs.zarr"
+    with pytest.raises(OSError, match="disk full"):
+        run(raw_path, out, model, direction="forward", streams=1)
+    assert written == [0]
+    assert list(attrs(out)[BLOCKS_DONE]) == [0]

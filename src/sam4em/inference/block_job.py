@@ -78,9 +78,17 @@ class BlockJob:
         tick: Callable[[], None] | None = None,
     ) -> None:
         """Segment ``blocks`` of ``volume`` (Z, Y, X), as z-streams in lockstep (one block: alone), and
-        write their owned slices to the target.
+        write their owned slices to the target."""
+        self.write(blocks, self.predict(blocks, volume, predictor, tick), volume)
 
-        Every block's buffer (its owned slices in the output dtype) is held until all are done."""
+    def predict(
+        self,
+        blocks: Sequence[ZBlock],
+        volume: Any,
+        predictor: SlicePredictor,
+        tick: Callable[[], None] | None = None,
+    ) -> list[np.ndarray]:
+        """The owned slices of each of ``blocks`` in the output dtype, (arrays, slices, Y, X) per block."""
         dtype = np.dtype(self.dtype)
         count = len(self.keys)
         buffers = [np.empty((count, b.write.stop - b.write.start, *self.shape[1:]), dtype=dtype) for b in blocks]
@@ -94,6 +102,10 @@ class BlockJob:
                 buffers[stream][:, at] = to_uint8_probs(probs)
             else:
                 buffers[stream][:, at] = probs
+        return buffers
+
+    def write(self, blocks: Sequence[ZBlock], buffers: Sequence[np.ndarray], volume: Any) -> None:
+        """Write what :meth:`predict` returned for ``blocks`` (and, for OME-Zarr, their input slices)."""
         for block, block_buffers in zip(blocks, buffers, strict=True):
             for key, buffer in zip(self.keys, block_buffers, strict=True):
                 with open_writable(self.target, key) as out:

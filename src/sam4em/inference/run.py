@@ -294,7 +294,8 @@ def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, devic
     """Z-blocks to advance in lockstep: ``options.streams`` if given (at most ``blocks``); otherwise 1
     on a CPU (a CPU is as busy with one batch as with several) and on a GPU enough streams to reach
     :data:`TARGET_WINDOWS` windows per call, limited by the blocks and by a quarter of the free host
-    memory for their output buffers (every stream holds its block until the wave ends)."""
+    memory for their output buffers (every stream holds its block until the wave is written, and one
+    wave is written while the next is predicted: two waves at once)."""
     if options.streams is not None:
         return max(1, min(options.streams, blocks))
     if device is None or device.type != "cuda":
@@ -303,7 +304,7 @@ def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, devic
     classes = len(options.classes or ()) or 1
     itemsize = np.dtype(options.probs_dtype).itemsize if options.output_type == "probs" else 1
     block_bytes = options.block_size * classes * plan.image_shape[0] * plan.image_shape[1] * itemsize
-    by_memory = available_host_memory() // 4 // max(1, block_bytes)
+    by_memory = available_host_memory() // 4 // max(1, 2 * block_bytes)
     return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_memory))
 
 
