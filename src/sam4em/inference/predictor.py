@@ -133,16 +133,23 @@ class SlicePredictor:
             if tuple(image.shape) != self.plan.image_shape:
                 raise ValueError(f"slice of shape {tuple(image.shape)} does not match the plan's {self.plan.image_shape}")
         normalized = [percentile_normalize(image, bounds=self.bounds) for image in images]
-        blenders = [TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes) for _ in images]
+        # Blended where the model runs: a GPU's probabilities leave it once per slice, not per window.
+        blenders = [
+            TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes, device=self.device)
+            for _ in images
+        ]
         window = self.plan.window
         for batch, bank in zip(self.batches, self.banks, strict=True):
             # Stream-major: the windows of stream 0, then those of stream 1, ... (as `keep_streams` drops them).
             crops = [pad_to_window(slice_[tile.window], window) for slice_ in normalized for tile in batch]
-            pixels = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
+            pixels = torch.from_numpy(np.stack(crops)[:, None])
+            if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
+                pixels = pixels.pin_memory()
+            pixels = pixels.to(self.device, non_blocking=True)
             context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
             with context:
                 logits = self.model(pixels, bank).logits
-            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            probs = torch.sigmoid(logits.float())
             for index, prob in enumerate(probs):
                 tile = batch[index % len(batch)]
                 blenders[index // len(batch)].add(tile, crop_from_window(prob, tile.window_shape))

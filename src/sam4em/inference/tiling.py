@@ -1,4 +1,5 @@
-"""In-plane tiling and z-blocking maths for large-volume inference (numpy only, no model).
+"""In-plane tiling and z-blocking maths for large-volume inference (no model; grids, weights and blocks
+are numpy, :class:`TileBlender` accumulates in torch on the device the predictions come from).
 
 Vocabulary follows micro-sam:
 
@@ -32,9 +33,10 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import torch
 
 __all__ = [
     "Tile",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 Pair = tuple[int, int]
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
@@ -208,38 +211,54 @@ def blending_weights(window_shape: int | Sequence[int], halo: int | Sequence[int
     return _blending_weights(_as_pair(window_shape, "window_shape", 1), _as_pair(halo, "halo", 0))
 
 
+@lru_cache(maxsize=64)
+def _weights_on(device: torch.device, window_shape: Pair, halo: Pair) -> torch.Tensor:
+    """:func:`blending_weights` as a tensor on ``device`` (copied there once, not once per slice)."""
+    return torch.from_numpy(_blending_weights(window_shape, halo).copy()).to(device)
+
+
 class TileBlender:
     """Weighted average of overlapping window predictions into one (C, Y, X) image.
 
     Add each window's prediction with :meth:`add`, then call :meth:`result`. Because every covering
     window contributes with a positive weight and the sum is normalised per pixel, predictions that
     agree wherever they overlap are reproduced exactly (up to float32 rounding): no seams.
+    The sums live on ``device`` (default the CPU): a GPU's predictions are blended where they are
+    made and leave it once per image, in :meth:`result`.
     """
 
-    def __init__(self, image_shape: Sequence[int], halo: int | Sequence[int], num_channels: int) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        halo: int | Sequence[int],
+        num_channels: int,
+        *,
+        device: torch.device | str | None = None,
+    ) -> None:
         """
         Args:
             image_shape: (Y, X) size of the output image.
             halo: (Y, X) halo of the grid, used for :func:`blending_weights`.
             num_channels: C, the number of channels of each prediction.
+            device: where the sums are kept (torch device; default CPU).
         """
         if isinstance(image_shape, (int, np.integer)):
             raise ValueError(f"image_shape must be a (Y, X) pair, got {image_shape!r}")
         self.image_shape = _as_pair(image_shape, "image_shape", 1)
         self.halo = _as_pair(halo, "halo", 0)
         self.num_channels = _as_int(num_channels, "num_channels", 1)
-        self._sum = np.zeros((self.num_channels, *self.image_shape), dtype=np.float32)
-        self._weight = np.zeros(self.image_shape, dtype=np.float32)
+        self._sum = torch.zeros((self.num_channels, *self.image_shape), dtype=torch.float32, device=device)
+        self._weight = torch.zeros(self.image_shape, dtype=torch.float32, device=device)
 
-    def add(self, tile: Tile, prediction: np.ndarray) -> None:
+    def add(self, tile: Tile, prediction: np.ndarray | torch.Tensor) -> None:
         """Accumulate one window's prediction, shape (C, wy, wx) equal to ``tile.window_shape``."""
         expected = (self.num_channels, *tile.window_shape)
-        if prediction.shape != expected:
+        if tuple(prediction.shape) != expected:
             raise ValueError(
-                f"prediction for tile {tile.index} must have shape {expected}, got {prediction.shape}"
+                f"prediction for tile {tile.index} must have shape {expected}, got {tuple(prediction.shape)}"
             )
-        weights = blending_weights(tile.window_shape, self.halo)
-        self._sum[(slice(None), *tile.window)] += prediction * weights
+        weights = _weights_on(self._sum.device, tile.window_shape, self.halo)
+        self._sum[(slice(None), *tile.window)] += torch.as_tensor(prediction, device=self._sum.device) * weights
         self._weight[tile.window] += weights
 
     def result(self) -> np.ndarray:
@@ -248,10 +267,10 @@ class TileBlender:
         Raises:
             ValueError: if some pixel was covered by no window.
         """
-        if not self._weight.all():
-            missing = int(self._weight.size - np.count_nonzero(self._weight))
+        missing = int((self._weight == 0).sum())
+        if missing:
             raise ValueError(f"{missing} pixels are covered by no window; add a prediction for every tile")
-        return self._sum / self._weight
+        return (self._sum / self._weight).cpu().numpy()
 
 
 def blend_tiles(
@@ -289,7 +308,7 @@ def pad_to_window(image: np.ndarray, window_shape: int | Sequence[int]) -> np.nd
     return np.pad(image, widths, mode="reflect")
 
 
-def crop_from_window(prediction: np.ndarray, original_shape: Sequence[int]) -> np.ndarray:
+def crop_from_window(prediction: ArrayT, original_shape: Sequence[int]) -> ArrayT:
     """Undo :func:`pad_to_window`: the top-left (Y, X) crop of the last two axes of ``prediction``.
 
     ``original_shape`` may be the full shape of the unpadded input; only its last two entries are used.
