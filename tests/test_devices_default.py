@@ -89,7 +89,7 @@ def test_segment_without_device_runs_on_the_cpu_without_a_gpu_and_says_so(
     assert main(["segment", str(image), str(tmp_path / "out.zarr"), "--model", "test-tiny",
                  "--direction", "forward", "--output-type", "labels"]) == 0
     err = capsys.readouterr().err
-    assert err.splitlines()[0] == f"sam4em: segmenting on cpu ({torch.get_num_threads()} threads)", err
+    assert err.splitlines()[0] == f"sam4em: segmenting on cpu ({torch.get_num_threads()} threads), one z-block at a time", err
     # An explicit --device is used as given, and named too.
     assert main(["segment", str(image), str(tmp_path / "b.zarr"), "--model", "test-tiny", "--device", "cpu",
                  "--direction", "forward", "--output-type", "labels"]) == 0
@@ -108,5 +108,7 @@ def test_library_default_is_logged_not_printed(
             "test-tiny",
             SegmentOptions(output_type="labels", direction="forward"),
         )
-    assert [r.getMessage() for r in caplog.records] == [f"segmenting on cpu ({torch.get_num_threads()} threads)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"segmenting on cpu ({torch.get_num_threads()} threads), one z-block at a time"
+    ]
     assert capsys.readouterr().err == ""

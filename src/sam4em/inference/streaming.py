@@ -144,8 +144,9 @@ def segment_to_file(
     """
     with prepare_run(input_path, output_path, model, options or SegmentOptions()) as (run, loaded):
         # Said once every check has passed, so a refused run says only why (the CLI shows INFO records).
-        _log.info("segmenting on %s (%d z-stream%s)", describe_device(next(loaded.parameters()).device),
-                  run.options.streams, "" if run.options.streams == 1 else "s in lockstep")
+        streams = run.options.streams or 1
+        _log.info("segmenting on %s, %s", describe_device(next(loaded.parameters()).device),
+                  "one z-block at a time" if streams == 1 else f"{streams} z-blocks in lockstep")
         if run.todo:
             with open_volume(run.job.input_path, run.job.input_key) as volume:
                 _run_waves(run, loaded, volume, SliceCounter(run, progress), stop)
