@@ -6,7 +6,6 @@ See :mod:`sam4em.inference.streaming` for the layout and :mod:`sam4em.io.output_
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from sam4em.inference.tiling import ZBlock
 from sam4em.io import VolumeError, WritableVolume, create_volume, open_volume
 from sam4em.io.formats import VolumeFormat
 from sam4em.io.ome_zarr_output import open_output
-from sam4em.io.output_record import BLOCKS_DONE, COMPLETE, INSTANCE_RANGES, RUN_RECORD
+from sam4em.io.output_record import INSTANCE_RANGES, OutputRecord, read_output_record
 
 __all__ = [
     "CHUNK_YX",
@@ -118,20 +117,14 @@ def z_chunk(block_size: int) -> int:
     return max(d for d in range(1, min(block_size, 16) + 1) if block_size % d == 0)
 
 
-def read_record(path: Path, key: str | None) -> dict[str, Any] | None:
-    """{"run": record, "complete": bool, "done": block indices} of a sam4em output, else None."""
+def read_record(path: Path, key: str | None) -> OutputRecord | None:
+    """The record of the sam4em output at ``path`` (``key``), else None (also for no output there)."""
     try:
         with open_output(path, key) as volume:
             attrs = dict(volume.attrs)
     except VolumeError:
         return None
-    if RUN_RECORD not in attrs:
-        return None
-    return {
-        "run": json.loads(str(attrs[RUN_RECORD])),
-        "complete": bool(attrs.get(COMPLETE, False)),
-        "done": frozenset(int(b) for b in np.asarray(attrs.get(BLOCKS_DONE, []), dtype=np.int64).ravel()),
-    }
+    return read_output_record(attrs)
 
 
 def mark(path: Path, keys: Sequence[str | None], **values: Any) -> None:

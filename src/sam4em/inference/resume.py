@@ -30,7 +30,7 @@ def choose_target(
     sibling = partial_sibling(output)
     if resume and sibling.exists():
         found = read_record(sibling, keys[0])
-        if found is not None and same_run(found["run"], record):
+        if found is not None and same_run(found.run, record):
             if overwrite:
                 return sibling, True, False
             raise VolumeError(
@@ -38,22 +38,22 @@ def choose_target(
                 "rerun with --overwrite --resume to finish it"
             )
         if found is not None:  # a partial holding blocks of another run: they must not be mixed in
-            raise _mixed_runs(sibling, found["run"], record)
+            raise _mixed_runs(sibling, found.run, record)
     if not output.exists():
         return output, False, True
     # An existing output without resume or overwrite was refused by `check_request` already.
     if resume:
         found = read_record(output, keys[0])
-        if found is not None and same_run(found["run"], record):
-            if not (found["complete"] and overwrite):
+        if found is not None and same_run(found.run, record):
+            if not (found.complete and overwrite):
                 return output, False, False
         elif found is None and not overwrite:
             raise VolumeError(
                 f"{output}: is not a sam4em output, so there is nothing to resume; "
                 "pass --overwrite without --resume to replace it"
             )
-        elif found is not None and not (found["complete"] and overwrite):
-            raise _mixed_runs(output, found["run"], record)
+        elif found is not None and not (found.complete and overwrite):
+            raise _mixed_runs(output, found.run, record)
     return sibling, True, True
 
 

@@ -232,18 +232,18 @@ def _blocks_done(
     """(finished blocks, whether the output is complete) of the output being written; an instance
     run's label store is (re)created unless it holds blocks of this very run."""
     found = None if fresh else read_record(written, keys[0])
-    complete = found is not None and found["complete"]
+    complete = found is not None and found.complete
     if complete:
         return frozenset(b.index for b in blocks), True
-    done: frozenset[int] = found["done"] if found is not None else frozenset()
+    done: frozenset[int] = found.done if found is not None else frozenset()
     if job.target != written:  # instances: blocks go to the label store
         store = read_record(job.target, None)
-        if fresh or store is None or not same_run(store["run"], record):
+        if fresh or store is None or not same_run(store.run, record):
             remove(job.target)
             create_arrays(job.target, (None,), layout.request.shape, np.uint8, layout.chunks,
                           layout.voxel_size, layout.progress_attrs)  # fmt: skip
         else:
-            done = store["done"]
+            done = store.done
     return done, False
 
 

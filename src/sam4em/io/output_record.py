@@ -42,7 +42,8 @@ class OutputRecord:
 
     run: dict[str, Any]
     complete: bool
-    blocks_done: int
+    #: Indices of the z-blocks written so far.
+    done: frozenset[int]
     #: (first, last) instance id per class of ``class_names``; None when not recorded.
     instance_ranges: tuple[tuple[int, int], ...] | None
 
@@ -58,6 +59,10 @@ class OutputRecord:
     def probs_dtype(self) -> str | None:
         value = self.run.get("probs_dtype")
         return None if value is None else str(value)
+
+    @property
+    def blocks_done(self) -> int:
+        return len(self.done)
 
     def blocks_total(self, n_slices: int) -> int:
         """The number of z-blocks of a run over ``n_slices`` slices."""
@@ -79,6 +84,6 @@ def read_output_record(attrs: Mapping[str, Any]) -> OutputRecord | None:
     return OutputRecord(
         run=run,
         complete=bool(attrs.get(COMPLETE, False)),
-        blocks_done=int(np.asarray(attrs.get(BLOCKS_DONE, [])).size),
+        done=frozenset(int(b) for b in np.asarray(attrs.get(BLOCKS_DONE, []), dtype=np.int64).ravel()),
         instance_ranges=None if ranges is None else tuple((int(a), int(b)) for a, b in np.asarray(ranges).reshape(-1, 2)),
     )
