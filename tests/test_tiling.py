@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sam4em.inference.tiling import (
     Tile,
@@ -98,6 +99,21 @@ def test_blending_constant_predictions_returns_the_constant():
     for tile in tiles:
         blender.add(tile, np.full((3, *tile.window_shape), 0.375, dtype=np.float32))
     np.testing.assert_allclose(blender.result(), 0.375, rtol=1e-6)
+
+
+def test_blender_takes_any_numpy_view_and_torch_tensors():
+    """Flipped (negative-stride), read-only and float64 arrays and tensors blend like plain arrays."""
+    image_shape, halo = (40, 36), (4, 4)
+    tiles = tile_grid(image_shape, (16, 16), halo)
+    rng = np.random.default_rng(0)
+    predictions = [rng.random((2, *tile.window_shape)) for tile in tiles]
+    plain = blend_tiles(tiles, [p.astype(np.float32) for p in predictions], image_shape, halo)
+    views = TileBlender(image_shape, halo, num_channels=2)
+    for number, (tile, prediction) in enumerate(zip(tiles, predictions, strict=True)):
+        flipped = np.ascontiguousarray(prediction[:, ::-1])[:, ::-1]  # a negative-stride view
+        flipped.flags.writeable = False
+        views.add(tile, flipped if number % 2 else torch.from_numpy(prediction.astype(np.float32)))
+    np.testing.assert_array_equal(views.result(), plain)
 
 
 def test_hard_stitching_with_inner_regions_reproduces_the_image():

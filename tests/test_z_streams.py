@@ -91,13 +91,26 @@ def test_streams_of_one_volume_equal_separate_passes(model, volume):
             np.testing.assert_allclose(together[stream, z], probs, atol=STREAM_TOLERANCE)
 
 
-def test_waves_and_automatic_streams(model):
+def test_automatic_streams(model, monkeypatch):
+    """1 on a CPU; on a GPU enough for TARGET_WINDOWS windows per call, capped by the blocks, the free
+    GPU memory and the free host memory; an explicit count is capped by the blocks only."""
+    import sam4em.inference.run as run_module
+
     plan = plan_tiling((512, 512), model.image_size)  # many windows per slice
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     options = SegmentOptions(classes=CLASSES, batch_size=8)
+    free_gpu = [1 << 40]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gpu[0], 1 << 40))
+    monkeypatch.setattr(run_module, "available_host_memory", lambda: 1 << 40)
     assert choose_streams(options, plan, 10, cpu) == 1
     assert choose_streams(options, plan, 10, gpu) == min(10, TARGET_WINDOWS // 8)
     assert choose_streams(options, plan, 3, gpu) == 3  # never more streams than blocks
+    free_gpu[0] = 100 << 20  # room for one stream's windows and blending sums, not two
+    assert choose_streams(options, plan, 10, gpu) == 1
+    free_gpu[0] = 1 << 40
+    block_bytes = 2 * options.block_size * len(CLASSES) * 512 * 512 * 2  # two waves of float16 blocks
+    monkeypatch.setattr(run_module, "available_host_memory", lambda: 4 * 3 * block_bytes)
+    assert choose_streams(options, plan, 10, gpu) == 3
     assert choose_streams(options.replace(streams=5), plan, 10, cpu) == 5
     assert choose_streams(options.replace(streams=5), plan, 2, cpu) == 2
     with pytest.raises(ValueError, match="--streams"):
@@ -130,10 +143,10 @@ def test_a_failed_background_write_stops_the_run_and_is_not_recorded(tmp_path, r
     written = []
     real_write = BlockJob.write
 
-    def failing_write(self, blocks, buffers, volume):
+    def failing_write(self, blocks, outputs):
         if written:
             raise OSError("disk full")
-        real_write(self, blocks, buffers, volume)
+        real_write(self, blocks, outputs)
         written.extend(block.index for block in blocks)
 
     monkeypatch.setattr(BlockJob, "write", failing_write)
@@ -142,3 +155,26 @@ def test_a_failed_background_write_stops_the_run_and_is_not_recorded(tmp_path, r
         run(raw_path, out, model, direction="forward", streams=1)
     assert written == [0]
     assert list(attrs(out)[BLOCKS_DONE]) == [0]
+
+
+def test_an_error_while_a_wave_is_written_is_the_one_reported(tmp_path, raw_path, model, monkeypatch):
+    """The prediction of wave 2 fails while wave 1's write fails too: the prediction's error is
+    raised (the write's is logged), and nothing is recorded as done."""
+    real_predict = BlockJob.predict
+    calls = []
+
+    def failing_predict(self, blocks, volume, predictor, tick=None):
+        calls.append(blocks)
+        if len(calls) > 1:
+            raise RuntimeError("out of memory")
+        return real_predict(self, blocks, volume, predictor, tick)
+
+    def failing_write(self, blocks, outputs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(BlockJob, "predict", failing_predict)
+    monkeypatch.setattr(BlockJob, "write", failing_write)
+    out = tmp_path / "probs.zarr"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(raw_path, out, model, direction="forward", streams=1)
+    assert list(attrs(out)[BLOCKS_DONE]) == []

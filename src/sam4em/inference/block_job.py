@@ -1,4 +1,4 @@
-"""`BlockJob`: segment one z-block of a run and write its owned slices (one process, or a Dask task).
+"""`BlockJob`: segment z-blocks of a run and write their owned slices (one process, or a Dask task).
 
 Several blocks may run together as z-streams in lockstep (`sam4em.inference.predictor.predict_streams`):
 one model call then holds windows of every block, which is what keeps a GPU busy. A block reads
@@ -27,7 +27,16 @@ from sam4em.inference.segment import Direction
 from sam4em.inference.tiling import ZBlock
 from sam4em.models import SegmentationModel
 
-__all__ = ["BlockJob"]
+__all__ = ["BlockJob", "BlockOutput"]
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """One block's results, held until written: one (slices, Y, X) array per output key, stacked,
+    and the block's input slices for outputs that hold the image too (OME-Zarr), else None."""
+
+    arrays: np.ndarray
+    input_slices: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class BlockJob:
     ) -> None:
         """Segment ``blocks`` of ``volume`` (Z, Y, X), as z-streams in lockstep (one block: alone), and
         write their owned slices to the target."""
-        self.write(blocks, self.predict(blocks, volume, predictor, tick), volume)
+        self.write(blocks, self.predict(blocks, volume, predictor, tick))
 
     def predict(
         self,
@@ -87,8 +96,10 @@ class BlockJob:
         volume: Any,
         predictor: SlicePredictor,
         tick: Callable[[], None] | None = None,
-    ) -> list[np.ndarray]:
-        """The owned slices of each of ``blocks`` in the output dtype, (arrays, slices, Y, X) per block."""
+    ) -> list[BlockOutput]:
+        """What to write for each of ``blocks``: its owned slices in the output dtype and, for OME-Zarr,
+        its input slices. Everything is read here, so :meth:`write` may run in another thread
+        (some readers, e.g. compressed TIFF, must not be read from two threads at once)."""
         dtype = np.dtype(self.dtype)
         count = len(self.keys)
         buffers = [np.empty((count, b.write.stop - b.write.start, *self.shape[1:]), dtype=dtype) for b in blocks]
@@ -102,17 +113,18 @@ class BlockJob:
                 buffers[stream][:, at] = to_uint8_probs(probs)
             else:
                 buffers[stream][:, at] = probs
-        return buffers
+        copies = [np.asarray(volume[b.write]) if self.input_copy is not None else None for b in blocks]
+        return [BlockOutput(arrays, copy) for arrays, copy in zip(buffers, copies, strict=True)]
 
-    def write(self, blocks: Sequence[ZBlock], buffers: Sequence[np.ndarray], volume: Any) -> None:
-        """Write what :meth:`predict` returned for ``blocks`` (and, for OME-Zarr, their input slices)."""
-        for block, block_buffers in zip(blocks, buffers, strict=True):
-            for key, buffer in zip(self.keys, block_buffers, strict=True):
+    def write(self, blocks: Sequence[ZBlock], outputs: Sequence[BlockOutput]) -> None:
+        """Write what :meth:`predict` returned for ``blocks``."""
+        for block, output in zip(blocks, outputs, strict=True):
+            for key, buffer in zip(self.keys, output.arrays, strict=True):
                 with open_writable(self.target, key) as out:
                     out[block.write] = buffer
-            if self.input_copy is not None:
+            if self.input_copy is not None and output.input_slices is not None:
                 with open_writable(self.input_copy, None) as out:
-                    out[block.write] = volume[block.write]
+                    out[block.write] = output.input_slices
 
     def _pass(
         self,

@@ -48,11 +48,12 @@ class SegmentOptions:
         streams: z-blocks advanced in lockstep, so one model call holds ``streams x batch_size`` windows
             (each block keeps its own memory; results equal one block at a time within float rounding,
             see :mod:`sam4em.inference.streaming`). Default: 1 on a CPU; on a GPU enough to fill about
-            :data:`sam4em.inference.run.TARGET_WINDOWS` windows per call, no more than the blocks left and the host memory
-            that their buffers need allows (:func:`sam4em.inference.run.choose_streams`).
+            :data:`sam4em.inference.run.TARGET_WINDOWS` windows per call, as far as the run's blocks,
+            free GPU memory and host memory allow (:func:`sam4em.inference.run.choose_streams`).
         device: torch device to run on (default: where the model is if that is a GPU, else CUDA when
             available, else the CPU: :func:`sam4em.devices.device_for`).
-        block_size: slices per z-block; memory grows with it (one block of output is held).
+        block_size: slices per z-block; memory grows with it (one block of output per stream is held,
+            two waves of ``streams`` blocks while one is written in the background).
         overlap: warm-up slices per block side; default the model's memory capacity (0 without memory).
         threshold: probability above which a voxel is labelled.
         min_size, watershed: instance options, see :func:`sam4em.inference.postprocess.probs_to_instances`.

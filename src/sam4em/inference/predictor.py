@@ -120,11 +120,6 @@ class SlicePredictor:
         self.streams = sum(keep)
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """One raw slice (Y, X) -> float32 probabilities (C, Y, X), advancing every tile's memory."""
-        return self.predict([image])[0]
-
-    @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The next raw slice (Y, X) of every active stream -> float32 probabilities (C, Y, X) each."""
         if len(images) != self.streams:

@@ -51,6 +51,7 @@ from sam4em.models.declared import model_class_names
 
 __all__ = [
     "TARGET_WINDOWS",
+    "WINDOW_GPU_BYTES",
     "Interrupted",
     "Run",
     "SliceCounter",
@@ -288,24 +289,32 @@ def _resolve(
 #: Windows per model call that a GPU needs to be kept busy (the encoder's batch throughput levels off
 #: around here for 512-pixel windows); automatic ``streams`` aim for it.
 TARGET_WINDOWS = 64
+#: GPU memory allowed per 512² window in flight (activations, memory bank, both decoders), scaled with
+#: the window's area. An allowance, not a measurement (no GPU measured it yet): generous on purpose,
+#: so that automatic streams do not run a smaller GPU out of memory.
+WINDOW_GPU_BYTES = 256 << 20
 
 
 def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, device: torch.device | None) -> int:
     """Z-blocks to advance in lockstep: ``options.streams`` if given (at most ``blocks``); otherwise 1
-    on a CPU (a CPU is as busy with one batch as with several) and on a GPU enough streams to reach
-    :data:`TARGET_WINDOWS` windows per call, limited by the blocks and by a quarter of the free host
-    memory for their output buffers (every stream holds its block until the wave is written, and one
-    wave is written while the next is predicted: two waves at once)."""
+    on a CPU (where one batch keeps the cores busy and larger ones were slower, docs/benchmarks.md)
+    and on a GPU enough streams to reach :data:`TARGET_WINDOWS` windows per call, limited by the
+    blocks, by half the free GPU memory (:data:`WINDOW_GPU_BYTES` per window plus each stream's
+    blending sums) and by a quarter of the free host memory for the output buffers (every stream
+    holds its block until the wave is written, and one wave is written while the next is predicted:
+    two waves at once)."""
     if options.streams is not None:
         return max(1, min(options.streams, blocks))
     if device is None or device.type != "cuda":
         return 1
     windows_per_call = min(options.batch_size, len(plan.tiles))
     classes = len(options.classes or ()) or 1
+    pixels = plan.image_shape[0] * plan.image_shape[1]
     itemsize = np.dtype(options.probs_dtype).itemsize if options.output_type == "probs" else 1
-    block_bytes = options.block_size * classes * plan.image_shape[0] * plan.image_shape[1] * itemsize
-    by_memory = available_host_memory() // 4 // max(1, 2 * block_bytes)
-    return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_memory))
+    by_host = available_host_memory() // 4 // max(1, 2 * options.block_size * classes * pixels * itemsize)
+    gpu_per_stream = windows_per_call * WINDOW_GPU_BYTES * plan.window**2 // 512**2 + 8 * classes * pixels
+    by_gpu = torch.cuda.mem_get_info(device)[0] // 2 // gpu_per_stream
+    return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_host, by_gpu))
 
 
 def _block_job(

@@ -177,8 +177,14 @@ def _run_waves(run: Run, model: SegmentationModel, volume: Any, counter: SliceCo
                 if stop_requested(stop):
                     settle()
                     raise Interrupted(run.output, len(done), len(run.blocks))
-                buffers = run.job.predict(wave, volume, predictor, counter.tick)
+                outputs = run.job.predict(wave, volume, predictor, counter.tick)
                 settle()
-                writing = (writer.submit(run.job.write, wave, buffers, volume), wave)
-        finally:
-            settle()
+                writing = (writer.submit(run.job.write, wave, outputs), wave)
+        except BaseException:
+            # Finish (and record) the wave being written, but report the error that stopped the run.
+            try:
+                settle()
+            except Exception:
+                _log.exception("writing the last z-blocks failed as well")
+            raise
+        settle()

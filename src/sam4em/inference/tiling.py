@@ -258,7 +258,9 @@ class TileBlender:
                 f"prediction for tile {tile.index} must have shape {expected}, got {tuple(prediction.shape)}"
             )
         weights = _weights_on(self._sum.device, tile.window_shape, self.halo)
-        self._sum[(slice(None), *tile.window)] += torch.as_tensor(prediction, device=self._sum.device) * weights
+        if isinstance(prediction, np.ndarray):  # torch takes neither negative strides nor read-only arrays
+            prediction = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))
+        self._sum[(slice(None), *tile.window)] += prediction.to(self._sum.device) * weights
         self._weight[tile.window] += weights
 
     def result(self) -> np.ndarray:

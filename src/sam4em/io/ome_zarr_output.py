@@ -229,14 +229,18 @@ class PyramidVolume(VolumeBase):
             raise VolumeError(f"{self.path}: pyramid levels are written in contiguous regions only")
         self._levels[0][self._lead + box] = block
         zs, ys, xs = box
+        written = block
         for parent, child in pairwise(self._levels):
             y0, y1, x0, x1 = ys.start // 2, -(-ys.stop // 2), xs.start // 2, -(-xs.stop // 2)
             above: tuple[int | slice, ...] = (*self._lead, zs, slice(2 * y0, 2 * y1), slice(2 * x0, 2 * x1))
             below: tuple[int | slice, ...] = (*self._lead, zs, slice(y0, y1), slice(x0, x1))
-            region = parent[above]
-            child[below] = downsample(
-                np.asarray(region), self._method
-            )
+            # A box on even borders (every whole-slice block) is exactly what was just written, in the
+            # level's dtype; any other box needs its neighbours' pixels, read back from the level.
+            aligned = all(s.start % 2 == 0 and (s.stop % 2 == 0 or s.stop == n)
+                          for s, n in ((ys, parent.shape[-2]), (xs, parent.shape[-1])))
+            region = np.asarray(written, dtype=parent.dtype) if aligned else np.asarray(parent[above])
+            written = downsample(region, self._method)
+            child[below] = written
             ys, xs = slice(y0, y1), slice(x0, x1)
 
 

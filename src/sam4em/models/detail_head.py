@@ -41,6 +41,7 @@ class DetailHead(nn.Module):
         detail = detail.repeat_interleave(low_res.shape[0] // detail.shape[0], dim=0)
         # Channels-last: with a few channels at full resolution, oneDNN's default-layout convolutions
         # spend most of their time converting layouts (the fuse took 46 ms per 256-pixel window with 3
-        # classes on the 2-core CPU, 27 ms channels-last; docs/benchmarks.md). Same values.
+        # classes on the 2-core CPU, 27 ms channels-last; docs/benchmarks.md). The same values within
+        # float rounding (about 1e-6: the convolution sums in another order).
         fused = torch.cat([detail, up], dim=1).contiguous(memory_format=torch.channels_last)
         return up + self.fuse(fused)  # one channel: channels-last and default strides coincide

@@ -220,24 +220,26 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     from sam4em.inference.run import choose_streams
     from sam4em.inference.streaming import segment_to_file
     from sam4em.io import create_volume
+    from sam4em.models.declared import model_class_names
 
     source = workdir / "raw.zarr"
     rng = np.random.default_rng(0)
     shape = (case.slices, case.slice_size, case.slice_size)
     with create_volume(source, shape, np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
         out[:] = rng.integers(0, 256, out.shape, dtype=np.uint8)
+    # Streams chosen as segment_to_file would choose them, then passed explicitly: the report names
+    # what ran.
+    plan = plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None)
+    options = SegmentOptions(direction="both", device=case.device, overwrite=True, block_size=case.block_size,
+                             batch_size=case.batch_size)
+    streams = choose_streams(options.replace(classes=model_class_names(model)), plan,
+                             -(-case.slices // case.block_size), model.pixel_mean.device)
     in_model: dict[str, float] = {}
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
-    options = SegmentOptions(direction="both", device=case.device, overwrite=True, block_size=case.block_size,
-                             batch_size=case.batch_size)
     with _hooked(model, in_model, model.pixel_mean.device, {"model": ("",)}):
-        segment_to_file(source, workdir / "probs.zarr", model, options)
+        segment_to_file(source, workdir / "probs.zarr", model, options.replace(streams=streams))
     seconds = time.perf_counter() - start
-    plan = plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None)
-    blocks = -(-case.slices // case.block_size)
-    streams = choose_streams(options.replace(classes=[f"class{i}" for i in range(CLASSES)]), plan, blocks,
-                             model.pixel_mean.device)
     return {"slices_per_s": case.slices / seconds, "tiles_per_slice": len(plan.tiles), "seconds": seconds,
             "efficiency": in_model["model"] / seconds, "streams": streams}
 
