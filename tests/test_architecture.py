@@ -19,6 +19,7 @@ MAX_FILE_LINES = 450
 #: (equal: within its own layer). Shared utilities sit at the bottom; the CLI and the GUI at the top.
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "atomic": 0,
     "claim": 0,
     "devices": 0,
     "fingerprint": 0,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sam4em.atomic import write_text_atomically
 from sam4em.io.base import VoxelSize
 
 _NM_PER_UNIT = {
@@ -112,10 +112,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically, so a crash mid-write never leaves half a metadata file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(dict(data), f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(dict(data), indent=2))
 
 
 class JsonFileAttrs(MutableMapping[str, Any]):

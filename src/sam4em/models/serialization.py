@@ -13,9 +13,6 @@ refused (`UntrainedModelError`) unless its spec declares it a test model (``test
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sam4em.atomic import write_atomically, write_text_atomically
 from sam4em.errors import Sam4emError
 from sam4em.models.checkpoint_files import CheckpointError, read_safetensors
 from sam4em.models.compose import compose
@@ -79,20 +77,9 @@ def save_model(model: SegmentationModel, directory: str | Path, *, extra_section
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     document = {"model": {"format": FORMAT_VERSION, **model_record(model)}, **(extra_sections or {})}
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(saved_state(model), tmp))
-    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(document, sort_keys=False)))
+    write_atomically(directory / WEIGHTS_FILE, lambda path: save_file(saved_state(model), str(path)))
+    write_text_atomically(directory / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
     return directory
-
-
-def _atomic(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_model_record(directory: str | Path) -> dict[str, Any]:

@@ -7,12 +7,12 @@ reads it and a file from elsewhere cannot run code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sam4em.atomic import write_atomically
 
 LAST = "last.pt"
 
@@ -21,14 +21,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write `state` to ``directory/last.pt`` via a temporary file and an atomic rename."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / LAST
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".last.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(target, lambda path: torch.save(state, path))
     return target
 
 

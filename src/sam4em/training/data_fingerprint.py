@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sam4em.atomic import write_text_atomically
 from sam4em.fingerprint import mismatches
 from sam4em.io import open_volume
 from sam4em.training.config_error import ConfigError
@@ -49,10 +49,7 @@ def data_fingerprint(volumes: list[Any]) -> dict[str, dict[str, Any]]:
 
 def write_data_fingerprint(out_dir: Path, volumes: list[Any]) -> None:
     """Record the fingerprint of `volumes` in the run folder (atomically)."""
-    path = out_dir / FINGERPRINT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data_fingerprint(volumes), indent=1))
-    os.replace(tmp, path)
+    write_text_atomically(out_dir / FINGERPRINT_FILE, json.dumps(data_fingerprint(volumes), indent=1))
 
 
 def check_same_data(out_dir: Path, volumes: list[Any]) -> None:

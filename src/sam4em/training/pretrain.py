@@ -17,7 +17,6 @@ base for `sam4em train` (``model.base: RUN``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import yaml
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from sam4em.atomic import write_atomically, write_text_atomically
 from sam4em.data.unlabelled import UnlabelledCrops, UnlabelledVolume
 from sam4em.models.encoder_weights import ENCODER_FILE, PRETRAIN_CONFIG
 from sam4em.models.masked_image import DECODER_STRIDE, MaskedImageModel, build_masked_image_model
@@ -104,9 +104,7 @@ def _prepare(out_dir: Path, settings: PretrainSettings, *, resume: bool) -> None
         if differ:
             raise ValueError(f"{config}: --resume with other settings ({', '.join(differ)}); resume with the same ones or choose a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = config.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
-    os.replace(tmp, config)
+    write_text_atomically(config, yaml.safe_dump(record, sort_keys=False))
 
 
 def pretrain(
@@ -199,17 +197,15 @@ def _finish(model: MaskedImageModel, crops: UnlabelledCrops, out_dir: Path, sett
             step: int, seconds: float, loss: float) -> None:
     """encoder.safetensors (atomic), the reconstruction figure, and the outcome in config.yaml."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
-    tmp = out_dir / f".{ENCODER_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "base": settings.base})
     save_reconstructions(model, crops, out_dir / "reconstructions.png", settings)
     config = out_dir / PRETRAIN_CONFIG
     record = {"pretrain": dataclasses.asdict(settings),
               "outcome": {"steps": step, "seconds": round(seconds, 1), "final_loss": round(loss, 4),
                           "mean_predictor_loss": 1.0}}
-    config_tmp = config.with_suffix(".yaml.tmp")
-    config_tmp.write_text(yaml.safe_dump(record, sort_keys=False))
-    os.replace(config_tmp, config)
-    os.replace(tmp, out_dir / ENCODER_FILE)  # last: the folder is a usable base only when complete
+    write_text_atomically(config, yaml.safe_dump(record, sort_keys=False))
+    # Last: the folder is a usable base only when complete.
+    write_atomically(out_dir / ENCODER_FILE,
+                     lambda path: save_file(state, str(path), metadata={"format": "pt", "base": settings.base}))
 
 
 @torch.no_grad()

@@ -10,12 +10,12 @@ The volumes' content is compared too (:mod:`sam4em.training.data_fingerprint`), 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sam4em.atomic import write_text_atomically
 from sam4em.fingerprint import mismatches
 from sam4em.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from sam4em.training.data_fingerprint import check_same_data, write_data_fingerprint
@@ -55,9 +55,7 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / CONFIG_FILE
-    tmp = config_file.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump({"train": config_to_dict(config)}, sort_keys=False))
-    os.replace(tmp, config_file)
+    write_text_atomically(config_file, yaml.safe_dump({"train": config_to_dict(config)}, sort_keys=False))
     write_data_fingerprint(out_dir, config.volumes)
 
 

@@ -4,7 +4,6 @@ step boundary on SIGINT/SIGTERM (`Interrupt`) and the per-step metrics file (`Me
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -12,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from sam4em.atomic import write_atomically
 
 __all__ = ["Interrupt", "MetricsLog"]
 
@@ -83,12 +84,13 @@ class MetricsLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        def write(path: Path) -> None:
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        write_atomically(self.path, write)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:

@@ -9,7 +9,6 @@ stage also keeps the seconds it has run: its budget and learning-rate schedule g
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sam4em.atomic import write_atomically
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource
 from sam4em.training.checkpoint import save_checkpoint
 from sam4em.training.config import StageConfig, TrainConfig
@@ -278,6 +278,5 @@ class StageRunner:
 def save_weights(model: nn.Module, path: Path) -> None:
     """`model`'s weights to a safetensors file, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda temporary: save_file(state, str(temporary)))

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4em.atomic import write_text_atomically
 from sam4em.training.methods import METHODS
 from sam4em.workflows.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
 
@@ -193,9 +194,7 @@ def _run_worker(plan: DatasetPlan, method: str, slices: list[int], train_count: 
         "val_dice": round(max(result.best_scores.values()), 4), "infer_seconds": round(infer_seconds, 1),
         "dice": float(np.mean([c["dice"] for c in scores.values()])), "classes": scores,
     }
-    tmp = run_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(run_dir / "result.json")
+    write_text_atomically(run_dir / "result.json", json.dumps(record, indent=2))
 
 
 def run_learning_curve(
