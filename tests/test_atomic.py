@@ -30,3 +30,12 @@ def test_the_new_file_replaces_the_old_with_the_permissions_of_a_plain_write(tmp
     assert target.read_text(encoding="utf-8") == "new ü"
     assert target.stat().st_mode == plain.stat().st_mode  # not tempfile's 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "plain.txt"]
+
+
+def test_without_overwrite_an_existing_file_is_refused_and_kept(tmp_path):
+    target = tmp_path / "scores.json"
+    write_atomically(target, lambda path: path.write_text("first"), overwrite=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_atomically(target, lambda path: path.write_text("second"), overwrite=False)
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]

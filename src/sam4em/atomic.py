@@ -12,17 +12,41 @@ from pathlib import Path
 __all__ = ["write_atomically", "write_text_atomically"]
 
 
-def write_atomically(target: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary path)``, then rename the temporary file to ``target``; on any error the
-    temporary file is removed and ``target`` is untouched."""
+def write_atomically(
+    target: str | os.PathLike[str], write: Callable[[Path], object], *, overwrite: bool = True
+) -> None:
+    """Call ``write(temporary path)``, then give the temporary file the name ``target``; on any error
+    the temporary file is removed and ``target`` is untouched.
+
+    Without ``overwrite`` an existing ``target`` is never replaced, even one that appears meanwhile:
+    FileExistsError, naming the file and the fix.
+    """
     target = Path(target)
     # Named per process and thread (not tempfile.mkstemp, whose 0600 mode the target would inherit).
     temporary = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         write(temporary)
-        os.replace(temporary, target)
+        if overwrite:
+            os.replace(temporary, target)
+        else:
+            _link_new(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _link_new(temporary: Path, target: Path) -> None:
+    """Give ``temporary`` the name ``target`` unless that exists (a hard link fails then, atomically)."""
+    exists = FileExistsError(
+        f"{target}: already exists (pass overwrite=True / --overwrite to replace it, or choose another name)"
+    )
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a file system without hard links: check, then rename
+        if target.exists():
+            raise exists from None
+        os.replace(temporary, target)
 
 
 def write_text_atomically(target: str | os.PathLike[str], text: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 from skimage.measure import marching_cubes, mesh_surface_area
+
+from sam4em.atomic import write_atomically
 
 __all__ = ["COLUMNS", "ObjectsMode", "measure_objects", "write_csv"]
 
@@ -349,17 +350,15 @@ def write_csv(
         raise FileExistsError(f"{target}: already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     names = list(table)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as stream:
             writer = csv.writer(stream)
             writer.writerow(names)
             for row in zip(*(table[name] for name in names), strict=True):
                 writer.writerow([_cell(v) for v in row])
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    write_atomically(target, write)
     return target
 
 

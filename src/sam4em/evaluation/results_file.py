@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sam4em.atomic import write_atomically
 from sam4em.io import resolve_path
 
 __all__ = ["check_results_path", "write_json"]
@@ -67,31 +67,11 @@ def _plain(value: object) -> object:
 
 def write_json(path: str | os.PathLike[str], data: Any, *, overwrite: bool = False) -> None:
     """Write ``data`` as JSON atomically; without ``overwrite`` an existing file is never replaced."""
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
+
+    def dump(temporary: Path) -> None:
+        with temporary.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, default=_plain)
             f.flush()
             os.fsync(f.fileno())
-        if overwrite:
-            os.replace(temporary, target)
-        else:
-            _link_new(Path(temporary), target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
-
-def _link_new(temporary: Path, target: Path) -> None:
-    """Give ``temporary`` the name ``target`` unless that exists (a hard link fails then, atomically)."""
-    exists = FileExistsError(
-        f"{target}: already exists (pass overwrite=True / --overwrite to replace it, or choose another name)"
-    )
-    try:
-        os.link(temporary, target)
-    except FileExistsError:
-        raise exists from None
-    except OSError:  # a file system without hard links: check, then rename
-        if target.exists():
-            raise exists from None
-        os.replace(temporary, target)
+    write_atomically(path, dump, overwrite=overwrite)
