@@ -105,3 +105,17 @@ def test_time_budgeted_stage_ends_with_the_rate_at_its_floor(tmp_path: Path, mon
     assert float(rows[-1]["seconds"]) >= 4.0
     assert 0 < rates[0] < 1e-3 and rates[-1] == 0.0  # decayed by the clock, to the floor at max_seconds
     assert (np.diff(rates) < 0).all()
+
+
+def test_a_budget_is_spent_when_either_part_is():
+    """`spent` is what `sam4em pretrain` loops on: steps, seconds (resumed ones included), or both."""
+    now = [0.0]
+    by_time = StageBudget(steps=None, max_seconds=10.0, warmup_steps=0, seconds_before=4.0, clock=lambda: now[0])
+    by_time.start()
+    now[0] = 5.9
+    assert not by_time.spent(10**9)
+    now[0] = 6.0
+    assert by_time.spent(0)
+    both = StageBudget(steps=3, max_seconds=100.0, warmup_steps=0, clock=lambda: 0.0)
+    both.start()
+    assert not both.spent(2) and both.spent(3)

@@ -17,7 +17,6 @@ base for `sam4em train` (``model.base: RUN``).
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from sam4em.models.encoder_weights import ENCODER_FILE, PRETRAIN_CONFIG
 from sam4em.models.masked_image import DECODER_STRIDE, MaskedImageModel, build_masked_image_model
 from sam4em.training.checkpoint import load_checkpoint, save_checkpoint
 from sam4em.training.run_log import Interrupt, MetricsLog
-from sam4em.training.schedule import budget_used, lr_factor
+from sam4em.training.schedule import StageBudget
 
 
 @dataclass
@@ -142,11 +141,11 @@ def pretrain(
     log.truncate_after(0, step)
     interrupt = Interrupt(should_stop)
     bar = tqdm(total=settings.steps, initial=step, desc="pretrain", disable=not progress, leave=False)
-    started = time.time()
+    budget = StageBudget(steps=settings.steps, max_seconds=settings.max_seconds, warmup_steps=settings.warmup_steps,
+                         seconds_before=seconds_before)
+    elapsed = budget.elapsed
+    budget.start()
     loss_value = float("nan")
-
-    def elapsed() -> float:
-        return seconds_before + time.time() - started
 
     def save() -> None:
         save_checkpoint(out_dir / "checkpoints", {
@@ -156,14 +155,12 @@ def pretrain(
     model.train()
     try:
         with interrupt.installed():
-            while budget_used(step, elapsed(), steps=settings.steps, max_seconds=settings.max_seconds) < 1.0:
+            while not budget.spent(step):
                 if interrupt.requested(0, step):
                     save()
                     return PretrainResult(out_dir, step, elapsed(), loss_value, interrupted=True)
-                factor = lr_factor(step, elapsed(), warmup_steps=settings.warmup_steps, steps=settings.steps,
-                                   max_seconds=settings.max_seconds)
                 for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * factor
+                    group["lr"] = settings.lr * budget.lr_factor(step)
                 images, masks = _batch(crops, model, step, settings)
                 loss = masked_reconstruction_loss(model(images, masks), images, masks, settings.mask_unit)
                 optimizer.zero_grad(set_to_none=True)

@@ -71,6 +71,10 @@ class StageBudget:
         """`lr_factor` for `step` at the current time (the function a `LambdaLR` calls)."""
         return lr_factor(step, self.elapsed(), warmup_steps=self.warmup_steps, steps=self.steps, max_seconds=self.max_seconds)
 
+    def spent(self, step: int) -> bool:
+        """Either budget is spent after `step` steps, at the current time."""
+        return budget_used(step, self.elapsed(), steps=self.steps, max_seconds=self.max_seconds) >= 1.0
+
     def out_of_time(self) -> bool:
         """The wall-clock budget is spent (never without one)."""
         return self.max_seconds is not None and self.elapsed() >= self.max_seconds
