@@ -5,7 +5,6 @@ See :mod:`sam4em.data.samples` for what the datasets yield and how items stay re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from sam4em.data.augment import AugmentConfig, augment_clip
+from sam4em.data.handles import ProcessHandles
 from sam4em.data.normalize import percentile_normalize, volume_percentiles
 from sam4em.data.volume_source import VolumeSource, labelled_in
 
@@ -109,8 +109,7 @@ class RandomCropDataset(Dataset[dict[str, Any]]):
         self.epoch = 0
         self._info: list[_SourceInfo] | None = None
         self._foreground: dict[int, tuple[np.ndarray, ...]] = {}
-        self._handles: dict[int, tuple[Any, Any]] = {}
-        self._pid = os.getpid()
+        self._handles: ProcessHandles[tuple[Any, Any]] = ProcessHandles()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -123,20 +122,12 @@ class RandomCropDataset(Dataset[dict[str, Any]]):
         """Select the epoch; items are a function of (seed, epoch, index)."""
         self.epoch = int(epoch)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Open file handles neither pickle nor survive a fork; each process reopens its own.
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
-
     def _volumes(self, index: int) -> tuple[Any, Any]:
         from sam4em.io import open_volume  # deferred: workers import the readers when they open
 
-        if self._pid != os.getpid():
-            self._handles = {}
-            self._pid = os.getpid()
-        if index not in self._handles:
-            source = self.sources[index]
+        source = self.sources[index]
+
+        def open_pair() -> tuple[Any, Any]:
             image = open_volume(source.image_path, key=source.image_key)
             # A Zarr chunk lost from the labels would train as background: refused unless allowed.
             label = open_volume(source.label_path, key=source.label_key, allow_missing_chunks=source.allow_missing_chunks)
@@ -145,8 +136,9 @@ class RandomCropDataset(Dataset[dict[str, Any]]):
                     f"image {source.image_path} {tuple(image.shape)} and labels {source.label_path} "
                     f"{tuple(label.shape)} must be (Z, Y, X) of the same shape"
                 )
-            self._handles[index] = (image, label)
-        return self._handles[index]
+            return image, label
+
+        return self._handles.get(index, open_pair)
 
     def _source_info(self) -> list[_SourceInfo]:
         if self._info is None:

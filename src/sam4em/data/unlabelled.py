@@ -12,7 +12,6 @@ inference use), randomly flipped and rotated by multiples of 90 degrees.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sam4em.data.handles import ProcessHandles
 from sam4em.data.normalize import percentile_normalize, volume_percentiles
 
 _Z_RANGE = re.compile(r"^(?P<spec>.+)@(?P<z0>\d+)-(?P<z1>\d+)$")
@@ -67,26 +67,17 @@ class UnlabelledCrops(Dataset[dict[str, torch.Tensor]]):
         self.crop_size = crop_size
         self.samples = samples
         self.seed = seed
-        self._handles: dict[int, Any] = {}
-        self._pid = os.getpid()
+        self._handles: ProcessHandles[Any] = ProcessHandles()
         self.info = [self._inspect(i) for i in range(len(self.volumes))]
 
     def __len__(self) -> int:
         return self.samples
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Open file handles neither pickle nor survive a fork; each process reopens its own.
-        return {**self.__dict__, "_handles": {}}
-
     def _volume(self, index: int) -> Any:
         from sam4em.io import open_volume
 
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if index not in self._handles:
-            volume = self.volumes[index]
-            self._handles[index] = open_volume(volume.path, key=volume.key)
-        return self._handles[index]
+        volume = self.volumes[index]
+        return self._handles.get(index, lambda: open_volume(volume.path, key=volume.key))
 
     def _inspect(self, index: int) -> _Info:
         volume, spec = self._volume(index), self.volumes[index]
