@@ -174,3 +174,24 @@ def test_segment_to_file_writes_labels_to_a_toy_format(
         assert (labels.shape, labels.dtype, labels.voxel_size) == ((2, 32, 32), np.uint8, VOXEL_SIZE)
         assert labels.attrs[COMPLETE] is True
         np.testing.assert_array_equal(labels[:], expected[:])
+
+
+def test_sam4em_segment_writes_a_toy_format_from_the_shell(
+    tmp_path: Path, npy_format: VolumeFormat, decisive_tiny_model
+) -> None:
+    """The CLI takes a registered format like a built-in one: no list of suffixes is written twice."""
+    from sam4em.cli import main
+    from sam4em.models import save_model
+
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "raw.tif"
+    with create_volume(raw, (2, 32, 32), np.uint8, voxel_size=VOXEL_SIZE) as out:
+        out[:] = (rng.random((2, 32, 32)) * 200).astype(np.uint8)
+    run = save_model(decisive_tiny_model(("mito", "er")), tmp_path / "run")
+    arguments = ["--model", str(run), "--output-type", "labels", "--direction", "forward", "--no-progress"]
+    assert main(["segment", str(raw), str(tmp_path / "labels.tif"), *arguments]) == 0
+    assert main(["segment", str(raw), str(tmp_path / "labels.npy"), *arguments]) == 0
+    with open_volume(tmp_path / "labels.tif") as expected, open_volume(tmp_path / "labels.npy") as labels:
+        assert labels.voxel_size == VOXEL_SIZE
+        np.testing.assert_array_equal(labels[:], expected[:])
+        assert expected[:].any()
