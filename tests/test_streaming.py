@@ -29,13 +29,7 @@ FLOAT16_TOLERANCE = 1e-3
 DASK_TOLERANCE = 1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread per process: on a small shared CPU, competing OpenMP threads make tiny models slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
