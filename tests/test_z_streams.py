@@ -173,3 +173,15 @@ def test_an_error_while_a_wave_is_written_is_the_one_reported(tmp_path, raw_path
     with pytest.raises(RuntimeError, match="out of memory"):
         run(raw_path, out, model, direction="forward", streams=1)
     assert list(attrs(out)[BLOCKS_DONE]) == []
+
+
+def test_streams_with_a_model_without_memory(tmp_path, raw_path):
+    """The U-Net baseline (no memory bank) runs in streams too, and gives what it gives alone."""
+    from sam4em.models.unet import UNet2D
+
+    torch.manual_seed(0)
+    unet = UNet2D(num_classes=len(CLASSES), image_size=64, class_names=CLASSES, channels=(4, 8)).eval()
+    alone = run(raw_path, tmp_path / "alone.zarr", unet, direction="both", streams=1, batch_size=3)
+    together = run(raw_path, tmp_path / "together.zarr", unet, direction="both", streams=3, batch_size=3)
+    assert alone.std() > 1e-3
+    np.testing.assert_allclose(together, alone, atol=STREAM_TOLERANCE)
