@@ -32,7 +32,7 @@ def add_segment_parser(sub: Subparsers) -> None:
     segment.add_argument("--halo", nargs="+", action=PairAction, metavar="N",
                          help="context on each side of a tile, Y X or one number (default: 1/8 of the input)")
     segment.add_argument("--direction", choices=["forward", "backward", "both"], default="both")
-    segment.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    segment.add_argument("--batch-size", type=int, default=8, help="windows of one slice per forward pass (per z-stream)")
     segment.add_argument("--streams", type=int,
                          help="z-blocks advanced in lockstep, each with its own memory: STREAMS x batch-size windows "
                               "per forward pass (default: 1 on a CPU, enough to fill a GPU)")
