@@ -156,16 +156,21 @@ def test_register_format_refuses_a_taken_name_or_suffix() -> None:
     assert "npy" not in FORMATS
 
 
+def small_raw_tif(folder: Path, *, seed: int) -> Path:
+    """A random 2 x 32 x 32 uint8 stack with a voxel size, to segment into a toy format."""
+    raw = folder / "raw.tif"
+    with create_volume(raw, (2, 32, 32), np.uint8, voxel_size=VOXEL_SIZE) as out:
+        out[:] = (np.random.default_rng(seed).random((2, 32, 32)) * 200).astype(np.uint8)
+    return raw
+
+
 def test_segment_to_file_writes_labels_to_a_toy_format(
     tmp_path: Path, npy_format: VolumeFormat, decisive_tiny_model
 ) -> None:
     from sam4em.inference.options import SegmentOptions
     from sam4em.inference.streaming import COMPLETE, segment_to_file
 
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "raw.tif"
-    with create_volume(raw, (2, 32, 32), np.uint8, voxel_size=VOXEL_SIZE) as out:
-        out[:] = (rng.random((2, 32, 32)) * 200).astype(np.uint8)
+    raw = small_raw_tif(tmp_path, seed=0)
     model = decisive_tiny_model(("mito", "er"))
     options = SegmentOptions(output_type="labels", direction="forward", block_size=1)
     reference = segment_to_file(raw, tmp_path / "labels.tif", model, options)
@@ -183,10 +188,7 @@ def test_sam4em_segment_writes_a_toy_format_from_the_shell(
     from sam4em.cli import main
     from sam4em.models import save_model
 
-    rng = np.random.default_rng(1)
-    raw = tmp_path / "raw.tif"
-    with create_volume(raw, (2, 32, 32), np.uint8, voxel_size=VOXEL_SIZE) as out:
-        out[:] = (rng.random((2, 32, 32)) * 200).astype(np.uint8)
+    raw = small_raw_tif(tmp_path, seed=1)
     run = save_model(decisive_tiny_model(("mito", "er")), tmp_path / "run")
     arguments = ["--model", str(run), "--output-type", "labels", "--direction", "forward", "--no-progress"]
     assert main(["segment", str(raw), str(tmp_path / "labels.tif"), *arguments]) == 0

@@ -219,6 +219,7 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     from sam4em.inference.predictor import plan_tiling
     from sam4em.inference.run import choose_streams
     from sam4em.inference.streaming import segment_to_file
+    from sam4em.inference.tiling import z_blocks
     from sam4em.io import create_volume
     from sam4em.models.declared import model_class_names
 
@@ -232,8 +233,8 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     plan = plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None)
     options = SegmentOptions(direction="both", device=case.device, overwrite=True, block_size=case.block_size,
                              batch_size=case.batch_size)
-    streams = choose_streams(options.replace(classes=model_class_names(model)), plan,
-                             -(-case.slices // case.block_size), model.pixel_mean.device)
+    blocks = len(z_blocks(case.slices, case.block_size, overlap=0))
+    streams = choose_streams(options.replace(classes=model_class_names(model)), plan, blocks, model.pixel_mean.device)
     in_model: dict[str, float] = {}
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
