@@ -10,8 +10,11 @@ from sam4em.workflows.benchmark import dataset_plans
 from sam4em.workflows.learning_curve import (
     CURVE_METHODS,
     CURVE_PROFILES,
+    GENERALIST_SOURCES,
     annotated_slices,
+    encoder_folder,
     finetune_config,
+    generalist_config,
     pretraining_volumes,
 )
 
@@ -40,9 +43,29 @@ def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
     plan = dataset_plans(data_dir, full_test=False)["vnc"]
     profile = CURVE_PROFILES["learning-curve"]
     configs = {m: config_from_dict(finetune_config(plan, m, [2, 6], profile, tmp_path / "encoder")) for m in CURVE_METHODS}
+    assert configs["sam4em-gen-full"].model.base == str(tmp_path / "encoder") and configs["sam4em-gen-full"].model.build.finetune == "full"
     assert {tuple(c.volumes[0].labelled_slices) for c in configs.values()} == {(2, 6)}
     for config in configs.values():
         seconds = sum(getattr(config, f"stage{s}").max_seconds for s in config.stages_to_run)
         assert seconds == profile.finetune_seconds
     assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.build.finetune == "lora"
     assert configs["sam4em-scratch"].model.base == "cpu-small"
+
+
+def test_generalist_encoders_never_see_the_target_or_a_test_slice(data_dir, tmp_path):
+    plans = dataset_plans(data_dir, full_test=False)
+    profile = CURVE_PROFILES["learning-curve"]
+    for target, sources in GENERALIST_SOURCES.items():
+        assert target not in sources and set(sources) <= set(plans)
+        for source in sources:
+            plan = plans[source]
+            config = config_from_dict(generalist_config(plan, "cpu-small", profile.generalist_seconds / len(sources), profile))
+            volume = config.volumes[0]
+            assert "test" not in volume.image and volume.labelled_slices is None
+            # The training part only: VNC slices 7-9 and ISBI slices 24-29 are the test slices.
+            assert volume.z_range == (list(plan.train_z) if plan.train_z else None)
+            assert plan.test_crop[0][0] >= (plan.train_z[1] if plan.train_z else 0) or plan.test_image != plan.train_image
+            assert config.stages_to_run == [1] and config.model.build.finetune == "full"
+    # A generalist run starts from the encoder the target's last part exported; from-scratch runs from none.
+    assert encoder_folder(tmp_path, "sam4em-gen", "vnc") == (tmp_path / "pretrain" / "generalist-vnc" / "1-lucchi_pp" / "encoder").resolve()
+    assert encoder_folder(tmp_path, "sam4em-scratch", "vnc") is None

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_pretrain_parser(sub)
     listing.add_datasets_parser(sub)
     training.add_train_parser(sub)
+    training.add_export_encoder_parser(sub)
     segment.add_segment_parser(sub)
     evaluation.add_evaluate_parser(sub)
     evaluation.add_measure_parser(sub)
@@ -45,6 +46,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": training.pretrain_command,
     "datasets": listing.datasets_command,
     "train": training.train_command,
+    "export-encoder": training.export_encoder_command,
     "segment": segment.segment_command,
     "evaluate": evaluation.evaluate_command,
     "measure": evaluation.measure_command,

@@ -25,7 +25,9 @@ def models_command(args: argparse.Namespace) -> int:
         weights = f"pretrained: {spec.hub_id}" if spec.hub_id else "trained from scratch"
         print(f"{spec.name:24s} {spec.description} ({weights}; input {spec.image_size} px)")
     for folder in find_encoder_folders(args.runs):
-        print(f"{folder!s:24s} EM-pretrained encoder on {read_pretrain_record(folder)['base']} (sam4em pretrain)")
+        record = read_pretrain_record(folder)
+        how = "supervised encoder (sam4em export-encoder)" if record.get("source") == "supervised" else "EM-pretrained encoder (sam4em pretrain)"
+        print(f"{folder!s:24s} {how} on {record['base']}")
     return 0
 
 

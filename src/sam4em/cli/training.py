@@ -1,4 +1,5 @@
-"""`sam4em pretrain` (self-supervised, unlabelled EM) and `sam4em train` (fine-tuning from a YAML config)."""
+"""`sam4em pretrain` (self-supervised, unlabelled EM), `sam4em train` (fine-tuning from a YAML config) and
+`sam4em export-encoder` (a trained run's encoder as a base: a supervised "generalist" encoder)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,21 @@ def add_train_parser(sub: Subparsers) -> None:
                             "them unset (default: chosen by the device)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_export_encoder_parser(sub: Subparsers) -> None:
+    export = sub.add_parser("export-encoder",
+                            help="save the image encoder of a trained SAM4EM run as a base for `sam4em train` (a generalist encoder)")
+    export.add_argument("run", help="a `sam4em train` run folder of a SAM4EM model")
+    export.add_argument("--out", required=True, help="new folder; usable as `model.base` in `sam4em train`")
+
+
+def export_encoder_command(args: argparse.Namespace) -> int:
+    from sam4em.training.encoder_export import export_encoder
+
+    out = export_encoder(args.run, args.out)
+    print(f"exported the image encoder of {args.run} to {out}; use it with `model.base: {out}`")
+    return 0
 
 
 def pretrain_command(args: argparse.Namespace) -> int:

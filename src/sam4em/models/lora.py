@@ -6,7 +6,11 @@ forward untouched, so the LoRA-adapted encoder is still transformers' `Sam2Visio
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 # Hiera's fused query-key-value projection in every block.
@@ -28,3 +32,20 @@ def add_lora(module: nn.Module, *, target_modules: str, rank: int, alpha: float,
 
 def is_lora_parameter(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
+
+
+def merged_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s state with every LoRA update folded into its linear layer, under the keys the module
+    had before LoRA was injected (peft's ``base_layer`` wrapper and the LoRA tensors gone).
+
+    `module` itself is left as it is: the merge happens on a copy.
+    """
+    plain = copy.deepcopy(module)
+    for layer in plain.modules():
+        if isinstance(layer, LoraLayer) and not layer.merged:
+            layer.merge()
+    return {
+        key.replace(".base_layer.", "."): value.detach().contiguous().cpu()
+        for key, value in plain.state_dict().items()
+        if not is_lora_parameter(key)
+    }

@@ -8,12 +8,16 @@ then segment the same test crop. Methods:
 - ``sam4em-scratch``: SAM4EM on the from-scratch CPU base (every weight trains).
 - ``sam4em-em``: SAM4EM on the EM-pretrained encoder (`sam4em pretrain`), LoRA as with Meta's weights.
 - ``sam4em-em-full``: the same encoder, every weight fine-tuned.
+- ``sam4em-gen`` / ``sam4em-gen-full``: the same two, on a supervised "generalist" encoder instead:
+  SAM4EM trained on the *other* datasets' annotated training parts (`GENERALIST_SOURCES`), its encoder
+  exported (`sam4em export-encoder`). It never sees the target dataset.
 
 Annotation: N evenly spaced slices of the training part (`labelled_slices`), plus one annotated slice
 in the middle of the validation block for model selection (the same for every method and N); "all"
 annotates every training and validation slice. The EM-pretrained encoder is made once, first (its time
 is reported separately: a lab pays it once), from unlabelled material only: the Lucchi++ training
 image, the ISBI 2012 images, VNC stack 1's training slices (0-6) and VNC stack 2; never a test slice.
+A generalist encoder is made once per target dataset, the same way, before that dataset's first run.
 
 Each run is its own process; its result.json is written when it ends, and the table, CSV and plot are
 rewritten after every run, so an interrupted benchmark keeps what finished and a re-run skips it.
@@ -39,9 +43,15 @@ from sam4em.workflows.benchmark import DatasetPlan, dataset_plans, run_in_proces
 CURVE_METHODS: dict[str, dict[str, Any]] = {
     "unet2d": {"method": "unet2d"},
     "sam4em-scratch": {"method": "sam4em"},
-    "sam4em-em": {"method": "sam4em", "encoder": True, "finetune": "lora"},
-    "sam4em-em-full": {"method": "sam4em", "encoder": True, "finetune": "full"},
+    "sam4em-em": {"method": "sam4em", "encoder": "em-mim", "finetune": "lora"},
+    "sam4em-em-full": {"method": "sam4em", "encoder": "em-mim", "finetune": "full"},
+    "sam4em-gen": {"method": "sam4em", "encoder": "generalist", "finetune": "lora"},
+    "sam4em-gen-full": {"method": "sam4em", "encoder": "generalist", "finetune": "full"},
 }
+# The generalist encoder of a target dataset: SAM4EM trained on these datasets' annotated training parts
+# (all labels, 2D stage), one after another, each continuing from the encoder the one before left;
+# never the target itself. ISBI 2012 is ssTEM of the same tissue as the VNC stacks (Drosophila larval VNC).
+GENERALIST_SOURCES = {"lucchi_pp": ("vnc", "isbi2012"), "vnc": ("isbi2012", "lucchi_pp"), "isbi2012": ("lucchi_pp", "vnc")}
 # Validation: one block at the end of the training volume; on VNC two slices (5-6), as stage-2 clips span 2.
 _VAL_FRACTION = {"lucchi_pp": 0.15, "vnc": 0.3, "isbi2012": 0.2}
 # Test crops (never seen in training), sized so that scoring costs well under the fine-tuning time:
@@ -63,6 +73,7 @@ class CurveProfile:
     memory_share: float  # of that, what SAM4EM spends in the 3D stage
     pretrain_seconds: float
     pretrain_batch: int
+    generalist_seconds: float  # per target dataset, all its sources together
     batch_size: int
     threads: int
     note: str
@@ -72,13 +83,13 @@ CURVE_PROFILES = {
     "learning-curve": CurveProfile(
         name="learning-curve", datasets=("lucchi_pp", "vnc"), label_counts=(1, 2, 5, 0),
         methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-em-full"), finetune_seconds=120.0, memory_share=0.25,
-        pretrain_seconds=1500.0, pretrain_batch=8, batch_size=4, threads=1,
+        pretrain_seconds=1500.0, pretrain_batch=8, generalist_seconds=1500.0, batch_size=4, threads=1,
         note="about 2 hours on 2 CPU cores: cpu-small, 25 min of EM pretraining once, 120 s of fine-tuning per run",
     ),
     "learning-curve-quick": CurveProfile(
         name="learning-curve-quick", datasets=("lucchi_pp",), label_counts=(1,),
         methods=("unet2d", "sam4em-scratch", "sam4em-em"), finetune_seconds=20.0, memory_share=0.25,
-        pretrain_seconds=60.0, pretrain_batch=4, batch_size=2, threads=1,
+        pretrain_seconds=60.0, pretrain_batch=4, generalist_seconds=40.0, batch_size=2, threads=1,
         note="a few minutes, for checks: 1 min of pretraining, 20 s of fine-tuning per run; the numbers mean nothing",
     ),
 }
@@ -125,10 +136,13 @@ def _slice_count(plan: DatasetPlan) -> int:
 
 
 def finetune_config(
-    plan: DatasetPlan, method: str, slices: list[int], profile: CurveProfile, encoder: Path, seed: int = 0
+    plan: DatasetPlan, method: str, slices: list[int], profile: CurveProfile, encoder: Path | None, seed: int = 0
 ) -> dict[str, Any]:
-    """The `sam4em train` config of one run (equal wall time for every method)."""
+    """The `sam4em train` config of one run (equal wall time for every method); `encoder`: the folder a
+    method with an encoder starts from (`encoder_folder`)."""
     spec = CURVE_METHODS[method]
+    if spec.get("encoder") and encoder is None:
+        raise ValueError(f"{method} starts from an encoder; pass its folder")
     memory = METHODS[spec["method"]].has_memory
     stage1_seconds = profile.finetune_seconds * ((1 - profile.memory_share) if memory else 1.0)
     volume: dict[str, Any] = {"image": plan.train_image, "labels": plan.train_labels,
@@ -145,6 +159,32 @@ def finetune_config(
         "foreground_fraction": 0.6, "val_every": 25, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
         "seed": seed,
     }
+
+
+def generalist_config(source: DatasetPlan, base: str, seconds: float, profile: CurveProfile) -> dict[str, Any]:
+    """The `sam4em train` config of one part of a generalist encoder: `source`'s training part, all labels,
+    every weight training (from scratch or from the encoder the previous part left), the 2D stage only."""
+    volume: dict[str, Any] = {"image": source.train_image, "labels": source.train_labels, "val_fraction": _VAL_FRACTION[source.name]}
+    if source.train_z is not None:
+        volume["z_range"] = list(source.train_z)
+    return {
+        "method": "sam4em", "classes": source.classes, "volumes": [volume], "stages": [1],
+        "model": {"base": base, "finetune": "full"},
+        "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20, "max_seconds": seconds},
+        "foreground_fraction": 0.6, "val_every": 50, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
+    }
+
+
+def encoder_folder(out: Path, method: str, dataset: str) -> Path | None:
+    """Where the encoder a run of `method` on `dataset` starts from lies (None: a method without one).
+    A generalist is the encoder its last part exported."""
+    kind = CURVE_METHODS[method].get("encoder")
+    if kind is None:
+        return None
+    if kind == "em-mim":
+        return (out / "pretrain" / "em-mim").resolve()
+    sources = GENERALIST_SOURCES[dataset]
+    return (out / "pretrain" / f"generalist-{dataset}" / f"{len(sources) - 1}-{sources[-1]}" / "encoder").resolve()
 
 
 def score_test_crop(plan: DatasetPlan, run_dir: Path, crop: tuple[tuple[int, int], ...]) -> tuple[dict[str, dict[str, float]], float]:
@@ -173,7 +213,29 @@ def _pretrain_worker(volumes: list[str], out: Path, profile: CurveProfile) -> No
     pretrain(volumes, out, settings, resume=(out / "checkpoints").exists(), progress=False)
 
 
-def _run_worker(plan: DatasetPlan, method: str, slices: list[int], train_count: int, profile: CurveProfile, encoder: Path,
+def _generalist_worker(sources: list[DatasetPlan], encoder: Path, profile: CurveProfile) -> None:
+    """Train and export the parts of the generalist encoder ending in `encoder`, skipping finished ones."""
+    import torch
+
+    from sam4em.models.encoder_weights import is_encoder_folder
+    from sam4em.training.config import config_from_dict
+    from sam4em.training.encoder_export import export_encoder
+    from sam4em.training.trainer import train
+
+    torch.set_num_threads(profile.threads)
+    base = "cpu-small"
+    for index, source in enumerate(sources):
+        part = encoder.parent.parent / f"{index}-{source.name}"
+        if not is_encoder_folder(part / "encoder"):
+            config = config_from_dict(generalist_config(source, base, profile.generalist_seconds / len(sources), profile))
+            result = train(config, part / "run", resume=(part / "run" / "checkpoints").exists(), progress=False)
+            if result.interrupted:
+                raise SystemExit(130)
+            export_encoder(part / "run", part / "encoder")
+        base = str(part / "encoder")
+
+
+def _run_worker(plan: DatasetPlan, method: str, slices: list[int], train_count: int, profile: CurveProfile, encoder: Path | None,
                 run_dir: Path, seed: int) -> None:
     import torch
 
@@ -221,9 +283,17 @@ def run_learning_curve(
     print(f"sam4em benchmark, profile {profile}: {settings.note}", flush=True)
     context = multiprocessing.get_context("spawn")
     encoder = (out / "pretrain" / "em-mim").resolve()
-    if any(CURVE_METHODS[m].get("encoder") for m in chosen_methods) and not (encoder / "encoder.safetensors").exists():
+    if any(CURVE_METHODS[m].get("encoder") == "em-mim" for m in chosen_methods) and not (encoder / "encoder.safetensors").exists():
         print(f"  pretraining the encoder ({settings.pretrain_seconds:.0f} s) on {len(pretraining_volumes(data))} volumes", flush=True)
         run_in_process(context, _pretrain_worker, (pretraining_volumes(data), encoder, settings), "pretrain")
+    if any(CURVE_METHODS[m].get("encoder") == "generalist" for m in chosen_methods):
+        for name in datasets or list(settings.datasets):
+            generalist = encoder_folder(out, "sam4em-gen", name)
+            if generalist is not None and not (generalist / "encoder.safetensors").exists():
+                print(f"  training the generalist encoder for {name} ({settings.generalist_seconds:.0f} s) on "
+                      f"{', then '.join(GENERALIST_SOURCES[name])}", flush=True)
+                sources = [plans[source] for source in GENERALIST_SOURCES[name]]
+                run_in_process(context, _generalist_worker, (sources, generalist, settings), f"generalist for {name}")
     started = time.time()
     for count in label_counts or settings.label_counts:  # the fewest labels first: the cells that matter most finish first
         for name in datasets or list(settings.datasets):
@@ -236,7 +306,7 @@ def run_learning_curve(
                     run_dir = out / "runs" / name / f"n{count or 'all'}" / (method + (f"-seed{seed}" if seed else ""))
                     if not (run_dir / "result.json").exists():
                         run_dir.mkdir(parents=True, exist_ok=True)
-                        arguments = (plans[name], method, slices, train_count, settings, encoder, run_dir, seed)
+                        arguments = (plans[name], method, slices, train_count, settings, encoder_folder(out, method, name), run_dir, seed)
                         run_in_process(context, _run_worker, arguments, str(run_dir))
                     record = json.loads((run_dir / "result.json").read_text())
                     print(f"  {name:10s} n={count or 'all':<4} {method:16s} seed {seed} Dice {record['dice']:.3f}  "
@@ -254,6 +324,8 @@ def write_curve(out: Path, profile: CurveProfile, data_dir: Path) -> Path:
         f"- {profile.note}; torch threads per run: {profile.threads}.",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; data: {data_dir}.",
         f"- EM pretraining: {pretrain_record}.",
+        *[f"- Generalist encoder for {folder.name.removeprefix('generalist-')}: {_generalist_outcome(folder)}."
+          for folder in sorted((out / "pretrain").glob("generalist-*"))],
         f"- Profile: {json.dumps(asdict(profile))}.", "",
         "| dataset | annotated training slices | method | seed | test Dice (mean over classes) | per class | val Dice | steps | train s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -282,6 +354,21 @@ def _pretrain_outcome(folder: Path) -> str:
     outcome = (yaml.safe_load(config.read_text()) or {}).get("outcome", {})
     return (f"{outcome.get('steps')} steps in {outcome.get('seconds')} s, final masked-patch loss "
             f"{outcome.get('final_loss')} (mean predictor 1.0)")
+
+
+def _generalist_outcome(folder: Path) -> str:
+    """Each part of a generalist encoder: its dataset, steps, seconds and best validation Dice."""
+    import yaml
+
+    parts = []
+    for part in sorted(p for p in folder.iterdir() if (p / "run" / "metrics.csv").exists()):
+        rows = (part / "run" / "metrics.csv").read_text().splitlines()
+        last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
+        selection = (yaml.safe_load((part / "run" / "config.yaml").read_text()) or {}).get("selection", {}) \
+            if (part / "run" / "config.yaml").exists() else {}
+        parts.append(f"{part.name.split('-', 1)[1]} ({last.get('step')} steps in {float(last.get('seconds') or 0):.0f} s, "
+                     f"val Dice {selection.get('val_dice_mean', 'n/a')})")
+    return ", then ".join(parts) or "not run"
 
 
 def plot_curve(records: list[dict[str, Any]], path: Path) -> None:
