@@ -6,7 +6,7 @@ Two passes keep memory bounded for volumes of any depth:
    counts, coordinate sums, bounding boxes, a seed voxel and (with probabilities) probability sums.
    Pieces of one object in different chunks are joined before anything is reported, so an object
    that crosses chunk boundaries is measured once: in ``objects="ids"`` mode by their common id, in
-   ``objects="components"`` mode by a union-find over the voxels that touch across each boundary;
+   ``objects="components"`` mode by joining the pieces that touch across each boundary;
 2. surface areas need the whole object: each object's bounding box (plus one voxel) is read on its
    own, the object is cut out of it and meshed by marching cubes (scikit-image) with the voxel size
    as spacing. Only one crop is in memory at a time; an object as large as the volume needs the
@@ -31,6 +31,8 @@ from scipy import ndimage
 from skimage.measure import marching_cubes, mesh_surface_area
 
 from sam4em.atomic import write_atomically
+from sam4em.evaluation.streaming_labels import join_map, touching_labels
+from sam4em.inference.postprocess import from_uint8_probs
 
 __all__ = ["COLUMNS", "ObjectsMode", "measure_objects", "write_csv"]
 
@@ -41,32 +43,6 @@ COLUMNS = (
     "centroid_z", "centroid_y", "centroid_x",
     "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1",
 )  # fmt: skip
-
-
-class _UnionFind:
-    """Disjoint sets over piece numbers 0..n-1 that grow as chunks are read."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def grow(self, count: int) -> None:
-        self.parent.extend(range(len(self.parent), len(self.parent) + count))
-
-    def find(self, item: int) -> int:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:  # path compression
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)  # the earliest piece stays the root
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
 
 
 class _Pieces:
@@ -110,22 +86,6 @@ class _Pieces:
         self.count += n
 
 
-def _boundary_pairs(previous: np.ndarray, current: np.ndarray, connectivity: int) -> np.ndarray:
-    """(k, 2) piece numbers (+1) touching across a z boundary: ``previous`` is the last slice's piece
-    map of one chunk, ``current`` the first slice's of the next, both (Y, X), 0 where no piece."""
-    pairs = []
-    rows, cols = previous.shape
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if 1 + abs(dy) + abs(dx) > connectivity:
-                continue
-            a = previous[max(0, -dy) : rows - max(0, dy), max(0, -dx) : cols - max(0, dx)]
-            b = current[max(0, dy) : rows - max(0, -dy), max(0, dx) : cols - max(0, -dx)]
-            both = (a > 0) & (b > 0)
-            pairs.append(np.stack([a[both], b[both]], axis=1))
-    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
-
-
 def _scan(
     labels: Any,
     objects: ObjectsMode,
@@ -136,7 +96,7 @@ def _scan(
 ) -> tuple[_Pieces, np.ndarray]:
     """First pass: the pieces of all chunks and, for each, the piece number its object is joined to."""
     pieces = _Pieces(with_probs=probabilities is not None)
-    joins = _UnionFind()
+    edges: list[np.ndarray] = []  # (k, 2) piece numbers (+1) that touch across a chunk boundary
     structure = ndimage.generate_binary_structure(3, connectivity)
     previous: np.ndarray | None = None
     for z0 in range(0, labels.shape[0], chunk_z):
@@ -158,25 +118,24 @@ def _scan(
                 offset = pieces.count - start
                 pieces.add(components, n, z0, cls, np.zeros(n), probs)
                 numbered[components > 0] = components[components > 0] + offset
-            joins.grow(pieces.count - start)
+            first, last = (np.where(plane > 0, plane + start, 0) for plane in (numbered[0], numbered[-1]))
             if previous is not None:
                 # Classes never touch: a voxel has one class, so pairs always join pieces of one class.
-                for a, b in _boundary_pairs(previous, numbered[0], connectivity):
-                    joins.union(int(a) - 1, int(b) - 1 + start)
-            last = numbered[-1]
-            previous = np.where(last > 0, last + start, 0)
+                edges.append(touching_labels(previous, first, structure[2]))
+            previous = last
     if objects == "ids":
-        ids = np.concatenate(pieces.ids) if pieces.ids else np.zeros(0, dtype=np.int64)
-        _, first_piece = np.unique(ids, return_index=True)
-        roots = first_piece[np.unique(ids, return_inverse=True)[1]]
+        groups = np.concatenate(pieces.ids) if pieces.ids else np.zeros(0, dtype=np.int64)
     else:
-        roots = joins.roots()
-    return pieces, roots
+        groups = join_map(pieces.count, edges)[1:]
+    # Every piece's root: the first piece of its object (np.unique's first index), so objects are
+    # numbered in the order their first piece was read.
+    _, first_piece, group_of = np.unique(groups, return_index=True, return_inverse=True)
+    return pieces, first_piece[group_of]
 
 
 def _as_probability(values: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1]: sam4em stores uint8 probabilities as round(p * 255)."""
-    return values / 255.0 if values.dtype == np.uint8 else values.astype(np.float64)
+    """Probabilities in [0, 1] (float64 sums follow): sam4em stores uint8 probabilities as round(p * 255)."""
+    return (from_uint8_probs(values) if values.dtype == np.uint8 else values).astype(np.float64)
 
 
 def _id_mask(crop: np.ndarray, origin: list[int], *, value: int) -> np.ndarray:

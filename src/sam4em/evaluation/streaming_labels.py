@@ -17,10 +17,10 @@ from scipy.sparse.csgraph import connected_components
 
 from sam4em.evaluation.instance_metrics import connectivity_structure, label_instances
 
-__all__ = ["StreamingLabels"]
+__all__ = ["StreamingLabels", "join_map", "touching_labels"]
 
 
-def _join_map(n_labels: int, edges: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+def join_map(n_labels: int, edges: list[NDArray[np.int64]]) -> NDArray[np.int64]:
     """Map provisional labels 0..n to final labels; labels joined by an edge end up equal, 0 stays 0."""
     if n_labels == 0:
         return np.zeros(1, dtype=np.int64)
@@ -32,7 +32,7 @@ def _join_map(n_labels: int, edges: list[NDArray[np.int64]]) -> NDArray[np.int64
     return np.concatenate([[0], component.astype(np.int64) + 1])
 
 
-def _touching_labels(
+def touching_labels(
     below: NDArray[np.int64], above: NDArray[np.int64], plane: NDArray[np.bool_]
 ) -> NDArray[np.int64]:
     """Label pairs (label in slice z, label in slice z+1) that touch under the neighbourhood ``plane``.
@@ -67,7 +67,7 @@ class StreamingLabels:
         labels[labels > 0] += self.n_labels
         if self.last_slice is not None and slab.shape[0] > 0:
             plane = connectivity_structure(3, self.connectivity)[2]
-            self.edges.append(_touching_labels(self.last_slice, labels[0], plane))
+            self.edges.append(touching_labels(self.last_slice, labels[0], plane))
         if slab.shape[0] > 0:
             self.last_slice = labels[-1].copy()
         self.n_labels += n
@@ -75,4 +75,4 @@ class StreamingLabels:
 
     def final_labels(self) -> NDArray[np.int64]:
         """Provisional label -> component label (1..n; 0 stays background), indexable by label."""
-        return _join_map(self.n_labels, self.edges)
+        return join_map(self.n_labels, self.edges)
