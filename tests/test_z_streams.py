@@ -12,8 +12,9 @@ import torch
 from sam4em.inference.block_job import BlockJob
 from sam4em.inference.options import SegmentOptions
 from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_slices, predict_streams
-from sam4em.inference.run import TARGET_WINDOWS, choose_streams
+from sam4em.inference.run import TARGET_WINDOWS, choose_streams, prepare_run
 from sam4em.inference.streaming import BLOCKS_DONE, Interrupted, segment_to_file
+from sam4em.inference.tiling import z_blocks
 from sam4em.io import create_volume, open_volume
 
 SHAPE = (13, 80, 96)
@@ -22,6 +23,9 @@ CLASSES = ("mito", "er")
 #: probabilities, test-tiny with scaled logits, one torch thread): 1.2e-7, float32 rounding of larger
 #: batches. Other kernels (GPU, bf16) round differently; the bound leaves room for that in float32.
 STREAM_TOLERANCE = 1e-5
+#: What one block holds until it is written, for the automatic-streams arithmetic: two classes of
+#: float16 probabilities, 16 slices of 512 x 512.
+BLOCK = 2 * 16 * 512 * 512 * 2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,17 +101,16 @@ def test_automatic_streams(model, monkeypatch):
     free_gpu = [1 << 40]
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gpu[0], 1 << 40))
     monkeypatch.setattr(run_module, "available_host_memory", lambda: 1 << 40)
-    assert choose_streams(options, plan, 10, cpu) == 1
-    assert choose_streams(options, plan, 10, gpu) == min(10, TARGET_WINDOWS // 8)
-    assert choose_streams(options, plan, 3, gpu) == 3  # never more streams than blocks
+    assert choose_streams(options, plan, 10, cpu, BLOCK) == 1
+    assert choose_streams(options, plan, 10, gpu, BLOCK) == min(10, TARGET_WINDOWS // 8)
+    assert choose_streams(options, plan, 3, gpu, BLOCK) == 3  # never more streams than blocks
     free_gpu[0] = 100 << 20  # room for one stream's windows and blending sums, not two
-    assert choose_streams(options, plan, 10, gpu) == 1
+    assert choose_streams(options, plan, 10, gpu, BLOCK) == 1
     free_gpu[0] = 1 << 40
-    block_bytes = 2 * options.block_size * len(CLASSES) * 512 * 512 * 2  # two waves of float16 blocks
-    monkeypatch.setattr(run_module, "available_host_memory", lambda: 4 * 3 * block_bytes)
-    assert choose_streams(options, plan, 10, gpu) == 3
-    assert choose_streams(options.replace(streams=5), plan, 10, cpu) == 5
-    assert choose_streams(options.replace(streams=5), plan, 2, cpu) == 2
+    monkeypatch.setattr(run_module, "available_host_memory", lambda: 4 * 3 * 2 * BLOCK)  # two waves of 3 blocks
+    assert choose_streams(options, plan, 10, gpu, BLOCK) == 3
+    assert choose_streams(options.replace(streams=5), plan, 10, cpu, BLOCK) == 5
+    assert choose_streams(options.replace(streams=5), plan, 2, cpu, BLOCK) == 2
     with pytest.raises(ValueError, match="--streams"):
         SegmentOptions(streams=0)
 
@@ -115,6 +118,19 @@ def test_automatic_streams(model, monkeypatch):
 def attrs(path: Path) -> dict:
     with open_volume(path, CLASSES[0]) as stored:
         return dict(stored.attrs)
+
+
+@pytest.mark.parametrize(("output_type", "probs_dtype", "suffix"), [("probs", "float16", ".zarr"), ("labels", "float32", ".ome.zarr")])
+def test_block_bytes_is_what_a_predicted_block_holds(tmp_path, raw_path, model, output_type, probs_dtype, suffix):
+    """The host memory automatic streams budget per block: output buffers (and the OME input copy)."""
+    options = SegmentOptions(block_size=4, output_type=output_type, probs_dtype=probs_dtype)
+    with prepare_run(raw_path, tmp_path / f"out{suffix}", model, options) as (prepared, loaded):
+        job = prepared.job
+        block = z_blocks(SHAPE[0], 4, 0)[1]
+        with open_volume(raw_path) as volume:
+            output = job.predict([block], volume, job.predictor(loaded))[0]
+    held = output.arrays.nbytes + (output.input_slices.nbytes if output.input_slices is not None else 0)
+    assert job.block_bytes(4, 1) == held > 0
 
 
 def test_waves_run_in_lockstep_and_resume(tmp_path, raw_path, model):

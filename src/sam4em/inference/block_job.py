@@ -75,6 +75,13 @@ class BlockJob:
             model, plan, intensity_bounds=self.bounds, batch_size=self.batch_size, device=self.device
         )
 
+    def block_bytes(self, slices: int, input_itemsize: int) -> int:
+        """Host memory :meth:`predict` holds for a block of ``slices`` owned slices until it is written:
+        its output buffers and, for OME-Zarr, its input copy (``input_itemsize`` bytes per voxel)."""
+        pixels = slices * self.shape[1] * self.shape[2]
+        copy = pixels * input_itemsize if self.input_copy is not None else 0
+        return len(self.keys) * pixels * np.dtype(self.dtype).itemsize + copy
+
     def spill_path(self, block: ZBlock) -> Path:
         """Where the forward probabilities of ``block`` wait for its backward pass."""
         return self.target.with_name(f"{self.target.name}.partial-forward-{block.index}.zarr")

@@ -167,7 +167,6 @@ def prepare_run(
     else:
         keys = output_keys(request.format, request.output_key, resolved.output_type, selected)
     blocks = z_blocks(request.shape[0], resolved.block_size, resolved.overlap or 0)  # refuses a bad size
-    resolved = resolved.replace(streams=choose_streams(resolved, plan, len(blocks), placement))
     layout = _Layout(request, (z_chunk(resolved.block_size), CHUNK_YX, CHUNK_YX), voxel_size, input_dtype,
                      {RUN_RECORD: json.dumps(record), COMPLETE: False})  # fmt: skip
     with claim_output(request.output):  # from here on the output's files are written
@@ -175,6 +174,8 @@ def prepare_run(
             request.output, keys, record, overwrite=options.overwrite, resume=options.resume
         )
         job = _block_job(request, resolved, indices, plan, bounds, weights, written, keys)
+        block_bytes = job.block_bytes(resolved.block_size, np.dtype(input_dtype).itemsize)
+        resolved = resolved.replace(streams=choose_streams(resolved, plan, len(blocks), placement, block_bytes))
         if fresh:
             remove(written)
             _create_output(written, keys, resolved, job, layout)
@@ -295,14 +296,16 @@ TARGET_WINDOWS = 64
 WINDOW_GPU_BYTES = 256 << 20
 
 
-def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, device: torch.device | None) -> int:
+def choose_streams(
+    options: SegmentOptions, plan: TilingPlan, blocks: int, device: torch.device | None, block_bytes: int
+) -> int:
     """Z-blocks to advance in lockstep: ``options.streams`` if given (at most ``blocks``); otherwise 1
     on a CPU (where one batch keeps the cores busy and larger ones were slower, docs/benchmarks.md)
     and on a GPU enough streams to reach :data:`TARGET_WINDOWS` windows per call, limited by the
     blocks, by half the free GPU memory (:data:`WINDOW_GPU_BYTES` per window plus each stream's
-    blending sums) and by a quarter of the free host memory for the output buffers (every stream
-    holds its block until the wave is written, and one wave is written while the next is predicted:
-    two waves at once)."""
+    blending sums) and by a quarter of the free host memory for what each block holds until it is
+    written (``block_bytes``, `BlockJob.block_bytes`; one wave is written while the next is
+    predicted: two waves at once)."""
     if options.streams is not None:
         return max(1, min(options.streams, blocks))
     if device is None or device.type != "cuda":
@@ -310,8 +313,7 @@ def choose_streams(options: SegmentOptions, plan: TilingPlan, blocks: int, devic
     windows_per_call = min(options.batch_size, len(plan.tiles))
     classes = len(options.classes or ()) or 1
     pixels = plan.image_shape[0] * plan.image_shape[1]
-    itemsize = np.dtype(options.probs_dtype).itemsize if options.output_type == "probs" else 1
-    by_host = available_host_memory() // 4 // max(1, 2 * options.block_size * classes * pixels * itemsize)
+    by_host = available_host_memory() // 4 // max(1, 2 * block_bytes)
     gpu_per_stream = windows_per_call * WINDOW_GPU_BYTES * plan.window**2 // 512**2 + 8 * classes * pixels
     by_gpu = torch.cuda.mem_get_info(device)[0] // 2 // gpu_per_stream
     return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_host, by_gpu))

@@ -217,24 +217,21 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     """slices/s of `segment_to_file` end to end (both directions, float16 probabilities) and tiles per slice."""
     from sam4em.inference.options import SegmentOptions
     from sam4em.inference.predictor import plan_tiling
-    from sam4em.inference.run import choose_streams
+    from sam4em.inference.run import prepare_run
     from sam4em.inference.streaming import segment_to_file
-    from sam4em.inference.tiling import z_blocks
     from sam4em.io import create_volume
-    from sam4em.models.declared import model_class_names
 
     source = workdir / "raw.zarr"
     rng = np.random.default_rng(0)
     shape = (case.slices, case.slice_size, case.slice_size)
     with create_volume(source, shape, np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
         out[:] = rng.integers(0, 256, out.shape, dtype=np.uint8)
-    # Streams chosen as segment_to_file would choose them, then passed explicitly: the report names
-    # what ran.
+    # Streams chosen by the run segment_to_file prepares, then passed explicitly: the report names what ran.
     plan = plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None)
     options = SegmentOptions(direction="both", device=case.device, overwrite=True, block_size=case.block_size,
                              batch_size=case.batch_size)
-    blocks = len(z_blocks(case.slices, case.block_size, overlap=0))
-    streams = choose_streams(options.replace(classes=model_class_names(model)), plan, blocks, model.pixel_mean.device)
+    with prepare_run(source, workdir / "probs.zarr", model, options) as (run, _):
+        streams = run.options.streams or 1
     in_model: dict[str, float] = {}
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
