@@ -87,6 +87,9 @@ class StageConfig:
     clip_length: int = 8  # slices per clip (stage 2 only)
     # Stage 2 trains the memory; the adapter continues at lr * adapter_lr_scale (0 freezes it).
     adapter_lr_scale: float = 0.1
+    # Layer-wise rate decay for SAM2's image encoder (1: off): block i of N learns at lr * d**(N - i), its
+    # embeddings at lr * d**(N + 1). For full fine-tuning of a pretrained encoder, as MAE does (0.65-0.75).
+    layer_decay: float = 1.0
     # A wall-clock budget for the stage (benchmarks give every method the same); None: steps only. The
     # learning rate's cosine follows whichever of steps and max_seconds ends first (training/schedule.py).
     max_seconds: float | None = None
@@ -288,6 +291,8 @@ def validate(config: TrainConfig) -> None:
         stage: StageConfig = getattr(config, name)
         if stage.steps < 0 or stage.batch_size < 1 or stage.lr <= 0:
             raise ConfigError(f"{name}: steps >= 0, batch_size >= 1 and lr > 0 are required")
+        if not 0 < stage.layer_decay <= 1:
+            raise ConfigError(f"{name}.layer_decay: must be in (0, 1] (1 turns it off), got {stage.layer_decay}")
     for stage_number in stages:
         if getattr(config, f"stage{stage_number}").steps == 0:
             raise ConfigError(

@@ -85,7 +85,7 @@ class StageRunner:
         if run.val_sources:
             val_set = self._dataset(run.val_sources, train=False)
             self.val_items = [val_set[i] for i in range(len(val_set))]
-        self.groups = parameter_groups(model, stage, self.settings.lr, self.settings.adapter_lr_scale)
+        self.groups = parameter_groups(model, stage, self.settings)
         self.optimizer = torch.optim.AdamW(self.groups, weight_decay=config.weight_decay)
         # The cosine follows whichever budget ends first: steps or, for a time-budgeted stage, max_seconds.
         self.budget = StageBudget(

@@ -10,31 +10,53 @@ import torch
 from torch import nn
 
 from sam4em.models import SAM4EM, set_trainable
-from sam4em.training.config import TrainConfig
+from sam4em.training.config import StageConfig, TrainConfig
 from sam4em.training.losses import segmentation_loss
 from sam4em.training.method_builder import TrainableModel
 
 __all__ = ["StepIndices", "StepLoss", "collate", "parameter_groups"]
 
 
-def parameter_groups(model: TrainableModel, stage: int, lr: float, scale: float) -> list[dict[str, Any]]:
-    """The optimiser's parameter groups in `stage`: in stage 2 the memory at `lr`, the rest at
-    `lr * scale` (frozen when `scale` is 0); in stage 1 everything that trains at `lr`."""
+def parameter_groups(model: TrainableModel, stage: int, settings: StageConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups in `stage`: in stage 2 the memory at ``settings.lr``, the rest
+    at ``lr * adapter_lr_scale`` (frozen when that is 0); in stage 1 everything that trains at ``lr``.
+
+    With ``settings.layer_decay`` d < 1, SAM2's image encoder learns layer-wise slower, as MAE and BEiT
+    fine-tune a pretrained encoder: Hiera block i of N at d**(N - i) times the rate, the patch and
+    position embeddings at d**(N + 1), the FPN neck and everything after the encoder at the full rate.
+    """
     if isinstance(model, SAM4EM):
         finetune = model.info.build_options.finetune
         assert finetune is not None, "a built SAM4EM's options name how it fine-tunes"
         set_trainable(model, finetune=finetune, memory=stage == 2)
-    memory = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("memory.")]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("memory.")]
+    blocks = len({name.split(".")[3] for name, _ in model.named_parameters() if name.startswith(_BLOCKS)})
+    memory = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith("memory.")]
+    rest = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("memory.")]
     if stage == 2 and memory:
-        groups: list[dict[str, Any]] = [{"params": memory, "lr": lr}]
-        if scale > 0:
-            groups.append({"params": rest, "lr": lr * scale})
-        else:
-            for p in rest:
+        if settings.adapter_lr_scale == 0:
+            for _, p in rest:
                 p.requires_grad_(False)
-        return groups
-    return [{"params": rest + memory, "lr": lr}]
+            rest = []
+        rest_groups = _layer_decayed(rest, settings.lr * settings.adapter_lr_scale, settings.layer_decay, blocks)
+        return [{"params": [p for _, p in memory], "lr": settings.lr}, *rest_groups]
+    return _layer_decayed(rest + memory, settings.lr, settings.layer_decay, blocks)
+
+
+_BLOCKS = "image_encoder.backbone.blocks."
+
+
+def _layer_decayed(named: list[tuple[str, nn.Parameter]], lr: float, decay: float, blocks: int) -> list[dict[str, Any]]:
+    """One group per rate (one group in all when `decay` is 1), in the order the parameters come."""
+    groups: dict[int, list[nn.Parameter]] = {}
+    for name, parameter in named:
+        if name.startswith(_BLOCKS):
+            depth = blocks - int(name.split(".")[3])
+        elif name.startswith("image_encoder.backbone."):
+            depth = blocks + 1
+        else:
+            depth = 0
+        groups.setdefault(depth if decay != 1 else 0, []).append(parameter)
+    return [{"params": params, "lr": lr * decay**depth} for depth, params in groups.items() if params]
 
 
 class StepLoss(nn.Module):
