@@ -117,7 +117,9 @@ class TrainConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
     loss: LossConfig = field(default_factory=LossConfig)
-    init_from: str | None = None  # a stage-1 run folder when only stage 2 runs
+    # A trained run folder to start from: a stage-1 run when only stage 2 runs, or a generalist trained on
+    # other classes (same base and build options; per-class prompts are taken by class name).
+    init_from: str | None = None
     seed: int = 0
     grad_accumulation: int = 1
     grad_clip: float = 1.0

@@ -27,8 +27,9 @@ import torch.distributed as dist
 from sam4em.claim import claim_output
 from sam4em.data.class_mapping import ClassMapping
 from sam4em.data.samples import VolumeSource
-from sam4em.models import load_model, save_model
+from sam4em.models import SAM4EM, load_model, save_model
 from sam4em.models.checkpoint_files import CheckpointError
+from sam4em.models.class_transfer import state_for_classes
 from sam4em.models.weights import load_state_strict
 from sam4em.training.checkpoint import load_checkpoint
 from sam4em.training.config import ConfigError, TrainConfig, validate
@@ -117,7 +118,15 @@ def _checked_model(
     check_batches(config, world)
     model = build_method(config, mapping.names).to(device)
     if config.init_from:
-        _load_weights(model, load_model(config.init_from).state_dict(), f"init_from {config.init_from}")
+        source = load_model(config.init_from)
+        state = source.state_dict()
+        if isinstance(model, SAM4EM) and isinstance(source, SAM4EM):
+            # Other classes (a generalist): per-class prompts by class name, every other weight as trained.
+            try:
+                state = state_for_classes(state, source.info.class_names, model)
+            except ValueError as error:
+                raise ConfigError(f"init_from {config.init_from}: {error}") from None
+        _load_weights(model, state, f"init_from {config.init_from}")
     return model, mapping, train_sources, val_sources
 
 

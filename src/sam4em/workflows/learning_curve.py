@@ -11,6 +11,8 @@ then segment the same test crop. Methods:
 - ``sam4em-gen`` / ``sam4em-gen-full``: the same two, on a supervised "generalist" encoder instead:
   SAM4EM trained on the *other* datasets' annotated training parts (`GENERALIST_SOURCES`), its encoder
   exported (`sam4em export-encoder`). It never sees the target dataset.
+- ``sam4em-gen-init``: the whole generalist model, not only its encoder (``init_from`` its last part's
+  run: decoders, enhancer, detail head, memory; prompts of a class of the same name), every weight trained.
 
 Annotation: N evenly spaced slices of the training part (`labelled_slices`), plus one annotated slice
 in the middle of the validation block for model selection (the same for every method and N); "all"
@@ -47,6 +49,7 @@ CURVE_METHODS: dict[str, dict[str, Any]] = {
     "sam4em-em-full": {"method": "sam4em", "encoder": "em-mim", "finetune": "full"},
     "sam4em-gen": {"method": "sam4em", "encoder": "generalist", "finetune": "lora"},
     "sam4em-gen-full": {"method": "sam4em", "encoder": "generalist", "finetune": "full"},
+    "sam4em-gen-init": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True},
 }
 # The generalist encoder of a target dataset: SAM4EM trained on these datasets' annotated training parts
 # (all labels, 2D stage), one after another, each continuing from the encoder the one before left;
@@ -157,7 +160,7 @@ def finetune_config(
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5, "clip_length": plan.clip_length,
                    "max_seconds": max(1.0, profile.finetune_seconds - stage1_seconds)},
         "foreground_fraction": 0.6, "val_every": 25, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
-        "seed": seed,
+        "seed": seed, "init_from": str(encoder.parent / "run") if spec.get("init") and encoder is not None else None,
     }
 
 

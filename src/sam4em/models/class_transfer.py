@@ -1,0 +1,39 @@
+"""Starting a SAM4EM from one trained for other classes (a generalist model, as micro-sam fine-tunes its
+EM generalists): every weight is class-agnostic except the prompt generator's per-class tensors, whose
+first axis is the class. Those take the row of the class of the same name, and keep the new model's
+own initialisation for classes the trained one did not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sam4em.models.sam4em import SAM4EM
+
+__all__ = ["PER_CLASS_TENSORS", "state_for_classes"]
+
+#: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`).
+PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
+
+
+def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[str], model: SAM4EM) -> dict[str, torch.Tensor]:
+    """`state`, of a SAM4EM trained for `source_classes`, with its per-class tensors remapped to
+    `model`'s classes by name. Models whose classes were never named must have as many classes."""
+    target_classes = model.info.class_names
+    if not source_classes or not target_classes:
+        if len(source_classes) != len(target_classes):
+            raise ValueError("a model whose classes are not named can only start from one with as many classes")
+        return state
+    own = model.state_dict()
+    remapped = dict(state)
+    for key in PER_CLASS_TENSORS:
+        if key not in state or key not in own:
+            continue
+        rows = own[key].detach().clone()
+        for index, name in enumerate(target_classes):
+            if name in source_classes:
+                rows[index] = state[key][list(source_classes).index(name)]
+        remapped[key] = rows
+    return remapped

@@ -1,0 +1,69 @@
+"""`init_from` a SAM4EM trained for other classes (a generalist): every class-agnostic weight comes from
+it; the per-class prompts are taken by class name, and new classes keep their own initialisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from sam4em.models import build_model, load_model
+from sam4em.models.class_transfer import PER_CLASS_TENSORS, state_for_classes
+from sam4em.models.serialization import save_model
+from sam4em.training.config import config_from_dict
+from sam4em.training.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def generalist(tmp_path_factory):
+    """A saved test-tiny SAM4EM for (glia, mito) whose every weight moved away from its seeded initialisation."""
+    model = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("generalist") / "run"
+    save_model(model, folder)
+    return folder
+
+
+def test_per_class_prompts_follow_the_class_names(generalist):
+    source = load_model(generalist)
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    for key in PER_CLASS_TENSORS:
+        assert torch.equal(state[key][0], source.state_dict()[key][1])  # mito: the generalist's row 1
+        assert torch.equal(state[key][1], fresh[key][1])  # synapse: new, its own initialisation
+    agnostic = [k for k in state if k not in PER_CLASS_TENSORS]
+    assert agnostic and all(torch.equal(state[k], source.state_dict()[k]) for k in agnostic)
+
+
+def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    labels = np.where(image > 200, 255, np.where(image < 30, 128, 0)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    config = config_from_dict({
+        "classes": "mito=255,synapse=128", "volumes": [{"image": str(tmp_path / "image.tif"), "labels": str(tmp_path / "labels.tif"),
+                                                       "val_fraction": 0.34}],
+        "model": {"base": "test-tiny"}, "stages": [1], "init_from": str(generalist), "tensorboard": False,
+        # A rate so small that one step leaves every weight where it started (to float rounding).
+        "stage1": {"steps": 1, "batch_size": 1, "lr": 1e-12, "warmup_steps": 0}, "val_every": 1, "val_samples": 1,
+    })
+    train(config, tmp_path / "run", progress=False)
+    trained, source = load_model(tmp_path / "run").state_dict(), load_model(generalist).state_dict()
+    assert torch.allclose(trained["prompt_generator.queries"][0], source["prompt_generator.queries"][1], atol=1e-6)
+    decoder = [k for k in trained if k.startswith("stage1_decoder.")]
+    assert decoder and all(torch.allclose(trained[k], source[k], atol=1e-6) for k in decoder)
+
+
+def test_unnamed_classes_must_match_in_number(generalist):
+    target = build_model("test-tiny", 1, pretrained=False)
+    assert not target.info.class_names
+    with pytest.raises(ValueError, match="as many classes"):
+        state_for_classes(load_model(generalist).state_dict(), ("glia", "mito"), target)
