@@ -44,6 +44,7 @@ def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
     profile = CURVE_PROFILES["learning-curve"]
     configs = {m: config_from_dict(finetune_config(plan, m, [2, 6], profile, tmp_path / "encoder")) for m in CURVE_METHODS}
     assert configs["sam4em-gen-full"].model.base == str(tmp_path / "encoder") and configs["sam4em-gen-full"].model.build.finetune == "full"
+    assert configs["sam4em-em-llrd"].stage1.layer_decay == 0.75 and configs["sam4em-em-full"].stage1.layer_decay == 1.0
     assert configs["sam4em-gen-init"].init_from == str(tmp_path / "run") and configs["sam4em-gen-full"].init_from is None
     assert {tuple(c.volumes[0].labelled_slices) for c in configs.values()} == {(2, 6)}
     for config in configs.values():

@@ -11,6 +11,7 @@ then segment the same test crop. Methods:
 - ``sam4em-gen`` / ``sam4em-gen-full``: the same two, on a supervised "generalist" encoder instead:
   SAM4EM trained on the *other* datasets' annotated training parts (`GENERALIST_SOURCES`), its encoder
   exported (`sam4em export-encoder`). It never sees the target dataset.
+- ``sam4em-em-llrd``: ``sam4em-em-full`` with layer-wise rate decay 0.75 for the encoder (as MAE fine-tunes).
 - ``sam4em-gen-init``: the whole generalist model, not only its encoder (``init_from`` its last part's
   run: decoders, enhancer, detail head, memory; prompts of a class of the same name), every weight trained.
 
@@ -47,6 +48,7 @@ CURVE_METHODS: dict[str, dict[str, Any]] = {
     "sam4em-scratch": {"method": "sam4em"},
     "sam4em-em": {"method": "sam4em", "encoder": "em-mim", "finetune": "lora"},
     "sam4em-em-full": {"method": "sam4em", "encoder": "em-mim", "finetune": "full"},
+    "sam4em-em-llrd": {"method": "sam4em", "encoder": "em-mim", "finetune": "full", "layer_decay": 0.75},
     "sam4em-gen": {"method": "sam4em", "encoder": "generalist", "finetune": "lora"},
     "sam4em-gen-full": {"method": "sam4em", "encoder": "generalist", "finetune": "full"},
     "sam4em-gen-init": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True},
@@ -156,9 +158,9 @@ def finetune_config(
         "method": spec["method"], "classes": plan.classes, "volumes": [volume],
         "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune")},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
-                   "max_seconds": stage1_seconds},
+                   "max_seconds": stage1_seconds, "layer_decay": spec.get("layer_decay", 1.0)},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5, "clip_length": plan.clip_length,
-                   "max_seconds": max(1.0, profile.finetune_seconds - stage1_seconds)},
+                   "max_seconds": max(1.0, profile.finetune_seconds - stage1_seconds), "layer_decay": spec.get("layer_decay", 1.0)},
         "foreground_fraction": 0.6, "val_every": 25, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
         "seed": seed, "init_from": str(encoder.parent / "run") if spec.get("init") and encoder is not None else None,
     }
