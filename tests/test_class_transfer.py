@@ -62,8 +62,12 @@ def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):
     assert decoder and all(torch.allclose(trained[k], source[k], atol=1e-6) for k in decoder)
 
 
-def test_unnamed_classes_must_match_in_number(generalist):
-    target = build_model("test-tiny", 1, pretrained=False)
-    assert not target.info.class_names
+def test_unnamed_classes_are_taken_in_order_and_must_match_in_number(generalist):
+    source = load_model(generalist).state_dict()
+    unnamed = build_model("test-tiny", 2, pretrained=False)
+    assert not unnamed.info.class_names
+    assert state_for_classes(source, ("glia", "mito"), unnamed) is source
+    named = build_model("test-tiny", class_names=["a", "b"], pretrained=False)
+    assert state_for_classes(source, (), named) is source  # a run saved without class names
     with pytest.raises(ValueError, match="as many classes"):
-        state_for_classes(load_model(generalist).state_dict(), ("glia", "mito"), target)
+        state_for_classes(source, ("glia", "mito"), build_model("test-tiny", 1, pretrained=False))

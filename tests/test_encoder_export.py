@@ -19,8 +19,10 @@ from sam4em.cli import main as cli_main
 from sam4em.models import build_model, load_model
 from sam4em.models.serialization import save_model
 from sam4em.models.unet import UNet2D
+from sam4em.training.config import config_from_dict
 from sam4em.training.encoder_export import export_encoder
 from sam4em.training.pretrain import PretrainSettings, pretrain
+from sam4em.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,6 +63,21 @@ def test_exported_encoder_computes_what_the_trained_encoder_with_lora_did(lora_r
     assert (expected.last_hidden_state - plain.last_hidden_state).abs().max() > 1e-3
     for a, b in zip(expected.fpn_hidden_states, got.fpn_hidden_states, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_export_records_what_the_run_trained_on(lora_run, tmp_path):
+    """A trained run's volumes go into the record, so a benchmark can show which data made the encoder."""
+    image = lora_run.parent / "em.tif"
+    labels = tmp_path / "labels.tif"
+    tifffile.imwrite(labels, np.where(tifffile.imread(image) > 128, 255, 0).astype(np.uint8), photometric="minisblack")
+    config = config_from_dict({
+        "classes": "mito=255", "volumes": [{"image": str(image), "labels": str(labels), "val_fraction": 0.5, "z_range": [0, 4]}],
+        "model": {"base": "test-tiny"}, "stages": [1], "tensorboard": False,
+        "stage1": {"steps": 1, "batch_size": 1, "warmup_steps": 0}, "val_every": 1, "val_samples": 1,
+    })
+    train(config, tmp_path / "run", progress=False)
+    record = yaml.safe_load((export_encoder(tmp_path / "run", tmp_path / "enc") / "config.yaml").read_text())["pretrain"]
+    assert record["volumes"] == [{"image": str(image), "labels": str(labels), "z_range": [0, 4], "labelled_slices": None}]
 
 
 def test_export_refuses_a_baseline_and_an_existing_encoder(lora_run, tmp_path):

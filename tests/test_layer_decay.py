@@ -24,14 +24,22 @@ def _rates(model, groups) -> dict[str, float]:
     return {name: holder[id(p)] for name, p in model.named_parameters() if id(p) in holder}
 
 
-def test_no_decay_is_one_group_at_the_stage_rate(model):
+def test_no_decay_keeps_the_groups_checkpoints_were_saved_with(model):
+    """One group in stage 1; [memory, the rest] in stage 2: optimiser states saved before layer_decay
+    existed load into these groups."""
     groups = parameter_groups(model, 1, StageConfig(lr=LR))
     assert len(groups) == 1 and groups[0]["lr"] == LR
     assert len(groups[0]["params"]) == sum(p.requires_grad for p in model.parameters())
+    memory, rest = parameter_groups(model, 2, StageConfig(lr=LR, adapter_lr_scale=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert memory["lr"] == LR and all(names[id(p)].startswith("memory.") for p in memory["params"])
+    assert rest["lr"] == pytest.approx(LR * 0.1) and not any(names[id(p)].startswith("memory.") for p in rest["params"])
 
 
 def test_encoder_blocks_learn_slower_the_nearer_they_are_to_the_pixels(model):
-    rates = _rates(model, parameter_groups(model, 1, StageConfig(lr=LR, layer_decay=0.5)))
+    groups = parameter_groups(model, 1, StageConfig(lr=LR, layer_decay=0.5))
+    assert groups[0]["lr"] == LR  # the full rate first: metrics.csv logs the first group's rate
+    rates = _rates(model, groups)
     blocks = 1 + max(int(n.split(".")[3]) for n in rates if n.startswith("image_encoder.backbone.blocks."))
     assert blocks >= 2
 

@@ -32,7 +32,6 @@ from skimage.measure import marching_cubes, mesh_surface_area
 
 from sam4em.atomic import write_atomically
 from sam4em.evaluation.streaming_labels import join_map, touching_labels
-from sam4em.inference.postprocess import from_uint8_probs
 
 __all__ = ["COLUMNS", "ObjectsMode", "measure_objects", "write_csv"]
 
@@ -134,8 +133,12 @@ def _scan(
 
 
 def _as_probability(values: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] (float64 sums follow): sam4em stores uint8 probabilities as round(p * 255)."""
-    return (from_uint8_probs(values) if values.dtype == np.uint8 else values).astype(np.float64)
+    """Probabilities in [0, 1] as float64 (sums follow): sam4em stores uint8 probabilities as round(p * 255).
+
+    Decoded here rather than with `sam4em.inference.postprocess.from_uint8_probs`: that is float32, and
+    importing the inference package would load torch into a measurement that needs none.
+    """
+    return values / 255.0 if values.dtype == np.uint8 else values.astype(np.float64)
 
 
 def _id_mask(crop: np.ndarray, origin: list[int], *, value: int) -> np.ndarray:

@@ -20,11 +20,14 @@ PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
 
 def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[str], model: SAM4EM) -> dict[str, torch.Tensor]:
     """`state`, of a SAM4EM trained for `source_classes`, with its per-class tensors remapped to
-    `model`'s classes by name. Models whose classes were never named must have as many classes."""
+    `model`'s classes by name. Where either model's classes were never named, they are taken in order,
+    so the two must have as many classes."""
     target_classes = model.info.class_names
     if not source_classes or not target_classes:
-        if len(source_classes) != len(target_classes):
-            raise ValueError("a model whose classes are not named can only start from one with as many classes")
+        counts = {int(state[key].shape[0]) for key in PER_CLASS_TENSORS if key in state}
+        if counts and counts != {model.num_classes}:
+            raise ValueError(f"a model whose classes are not named can only start from one with as many classes "
+                             f"({model.num_classes}, not {counts.pop()}); name the classes of both")
         return state
     own = model.state_dict()
     remapped = dict(state)

@@ -16,6 +16,8 @@ from sam4em.training.method_builder import TrainableModel
 
 __all__ = ["StepIndices", "StepLoss", "collate", "parameter_groups"]
 
+_BLOCKS = "image_encoder.backbone.blocks."  # Hiera's blocks in SAM4EM's state, numbered from the pixels
+
 
 def parameter_groups(model: TrainableModel, stage: int, settings: StageConfig) -> list[dict[str, Any]]:
     """The optimiser's parameter groups in `stage`: in stage 2 the memory at ``settings.lr``, the rest
@@ -42,11 +44,9 @@ def parameter_groups(model: TrainableModel, stage: int, settings: StageConfig) -
     return _layer_decayed(rest + memory, settings.lr, settings.layer_decay, blocks)
 
 
-_BLOCKS = "image_encoder.backbone.blocks."
-
-
 def _layer_decayed(named: list[tuple[str, nn.Parameter]], lr: float, decay: float, blocks: int) -> list[dict[str, Any]]:
-    """One group per rate (one group in all when `decay` is 1), in the order the parameters come."""
+    """One group per rate (one group in all when `decay` is 1), the full rate first (metrics.csv logs the
+    first group's rate), each group's parameters in the order they come."""
     groups: dict[int, list[nn.Parameter]] = {}
     for name, parameter in named:
         if name.startswith(_BLOCKS):
@@ -56,7 +56,7 @@ def _layer_decayed(named: list[tuple[str, nn.Parameter]], lr: float, decay: floa
         else:
             depth = 0
         groups.setdefault(depth if decay != 1 else 0, []).append(parameter)
-    return [{"params": params, "lr": lr * decay**depth} for depth, params in groups.items() if params]
+    return [{"params": groups[depth], "lr": lr * decay**depth} for depth in sorted(groups)]
 
 
 class StepLoss(nn.Module):

@@ -54,6 +54,14 @@ class DatasetPlan:
     clip_length: int
     val_fraction: float
 
+    def training_volume(self, val_fraction: float | None = None) -> dict[str, Any]:
+        """The ``volumes`` entry of a `sam4em train` config on this dataset's training part."""
+        volume: dict[str, Any] = {"image": self.train_image, "labels": self.train_labels,
+                                  "val_fraction": self.val_fraction if val_fraction is None else val_fraction}
+        if self.train_z is not None:
+            volume["z_range"] = list(self.train_z)
+        return volume
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -142,13 +150,10 @@ def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, 
     """The training config of one run: equal wall-clock budget for every method."""
     with_memory = METHODS[method].has_memory
     stage1_seconds = profile.train_seconds * ((1 - profile.memory_share) if with_memory else 1.0)
-    volume: dict[str, Any] = {"image": plan.train_image, "labels": plan.train_labels, "val_fraction": plan.val_fraction}
-    if plan.train_z is not None:
-        volume["z_range"] = list(plan.train_z)
     return {
         "method": method,
         "classes": plan.classes,
-        "volumes": [volume],
+        "volumes": [plan.training_volume()],
         "model": {"base": profile.base, "pretrained": profile.pretrained},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds},

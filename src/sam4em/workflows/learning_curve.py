@@ -13,7 +13,8 @@ then segment the same test crop. Methods:
   exported (`sam4em export-encoder`). It never sees the target dataset.
 - ``sam4em-em-llrd``: ``sam4em-em-full`` with layer-wise rate decay 0.75 for the encoder (as MAE fine-tunes).
 - ``sam4em-gen-init``: the whole generalist model, not only its encoder (``init_from`` its last part's
-  run: decoders, enhancer, detail head, memory; prompts of a class of the same name), every weight trained.
+  run: decoders, enhancer, detail head; prompts of a class of the same name), every weight trained. The
+  generalist trains the 2D stage only, so its memory is still at its initialisation.
 
 Annotation: N evenly spaced slices of the training part (`labelled_slices`), plus one annotated slice
 in the middle of the validation block for model selection (the same for every method and N); "all"
@@ -28,6 +29,7 @@ rewritten after every run, so an interrupted benchmark keeps what finished and a
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing
 import os
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from sam4em.atomic import write_text_atomically
+from sam4em.models.encoder_weights import is_encoder_folder
 from sam4em.training.methods import METHODS
 from sam4em.workflows.benchmark import DatasetPlan, dataset_plans, run_in_process, segment_test_crop
 
@@ -150,10 +153,7 @@ def finetune_config(
         raise ValueError(f"{method} starts from an encoder; pass its folder")
     memory = METHODS[spec["method"]].has_memory
     stage1_seconds = profile.finetune_seconds * ((1 - profile.memory_share) if memory else 1.0)
-    volume: dict[str, Any] = {"image": plan.train_image, "labels": plan.train_labels,
-                              "val_fraction": _VAL_FRACTION[plan.name], "labelled_slices": slices}
-    if plan.train_z is not None:
-        volume["z_range"] = list(plan.train_z)
+    volume = {**plan.training_volume(_VAL_FRACTION[plan.name]), "labelled_slices": slices}
     return {
         "method": spec["method"], "classes": plan.classes, "volumes": [volume],
         "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune")},
@@ -169,11 +169,8 @@ def finetune_config(
 def generalist_config(source: DatasetPlan, base: str, seconds: float, profile: CurveProfile) -> dict[str, Any]:
     """The `sam4em train` config of one part of a generalist encoder: `source`'s training part, all labels,
     every weight training (from scratch or from the encoder the previous part left), the 2D stage only."""
-    volume: dict[str, Any] = {"image": source.train_image, "labels": source.train_labels, "val_fraction": _VAL_FRACTION[source.name]}
-    if source.train_z is not None:
-        volume["z_range"] = list(source.train_z)
     return {
-        "method": "sam4em", "classes": source.classes, "volumes": [volume], "stages": [1],
+        "method": "sam4em", "classes": source.classes, "volumes": [source.training_volume(_VAL_FRACTION[source.name])], "stages": [1],
         "model": {"base": base, "finetune": "full"},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20, "max_seconds": seconds},
         "foreground_fraction": 0.6, "val_every": 50, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
@@ -222,7 +219,6 @@ def _generalist_worker(sources: list[DatasetPlan], encoder: Path, profile: Curve
     """Train and export the parts of the generalist encoder ending in `encoder`, skipping finished ones."""
     import torch
 
-    from sam4em.models.encoder_weights import is_encoder_folder
     from sam4em.training.config import config_from_dict
     from sam4em.training.encoder_export import export_encoder
     from sam4em.training.trainer import train
@@ -288,13 +284,13 @@ def run_learning_curve(
     print(f"sam4em benchmark, profile {profile}: {settings.note}", flush=True)
     context = multiprocessing.get_context("spawn")
     encoder = (out / "pretrain" / "em-mim").resolve()
-    if any(CURVE_METHODS[m].get("encoder") == "em-mim" for m in chosen_methods) and not (encoder / "encoder.safetensors").exists():
+    if any(CURVE_METHODS[m].get("encoder") == "em-mim" for m in chosen_methods) and not is_encoder_folder(encoder):
         print(f"  pretraining the encoder ({settings.pretrain_seconds:.0f} s) on {len(pretraining_volumes(data))} volumes", flush=True)
         run_in_process(context, _pretrain_worker, (pretraining_volumes(data), encoder, settings), "pretrain")
     if any(CURVE_METHODS[m].get("encoder") == "generalist" for m in chosen_methods):
         for name in datasets or list(settings.datasets):
             generalist = encoder_folder(out, "sam4em-gen", name)
-            if generalist is not None and not (generalist / "encoder.safetensors").exists():
+            if generalist is not None and not is_encoder_folder(generalist):
                 print(f"  training the generalist encoder for {name} ({settings.generalist_seconds:.0f} s) on "
                       f"{', then '.join(GENERALIST_SOURCES[name])}", flush=True)
                 sources = [plans[source] for source in GENERALIST_SOURCES[name]]
@@ -352,7 +348,7 @@ def write_curve(out: Path, profile: CurveProfile, data_dir: Path) -> Path:
 
 def _pretrain_outcome(folder: Path) -> str:
     config = folder / "config.yaml"
-    if not (folder / "encoder.safetensors").exists() or not config.exists():
+    if not is_encoder_folder(folder) or not config.exists():
         return "not run"
     import yaml
 
@@ -367,11 +363,13 @@ def _generalist_outcome(folder: Path) -> str:
 
     parts = []
     for part in sorted(p for p in folder.iterdir() if (p / "run" / "metrics.csv").exists()):
-        rows = (part / "run" / "metrics.csv").read_text().splitlines()
-        last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
-        selection = (yaml.safe_load((part / "run" / "config.yaml").read_text()) or {}).get("selection", {}) \
-            if (part / "run" / "config.yaml").exists() else {}
-        parts.append(f"{part.name.split('-', 1)[1]} ({last.get('step')} steps in {float(last.get('seconds') or 0):.0f} s, "
+        with (part / "run" / "metrics.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            continue  # interrupted before its first step
+        config = part / "run" / "config.yaml"
+        selection = (yaml.safe_load(config.read_text()) or {}).get("selection", {}) if config.exists() else {}
+        parts.append(f"{part.name.split('-', 1)[1]} ({rows[-1]['step']} steps in {float(rows[-1]['seconds']):.0f} s, "
                      f"val Dice {selection.get('val_dice_mean', 'n/a')})")
     return ", then ".join(parts) or "not run"
 

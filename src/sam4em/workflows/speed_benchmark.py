@@ -230,8 +230,9 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
     plan = plan_tiling((case.slice_size, case.slice_size), model.image_size, None, None)
     options = SegmentOptions(direction="both", device=case.device, overwrite=True, block_size=case.block_size,
                              batch_size=case.batch_size)
-    with prepare_run(source, workdir / "probs.zarr", model, options) as (run, _):
-        streams = run.options.streams or 1
+    with prepare_run(source, workdir / "streams-probe.zarr", model, options) as (run, _):
+        streams = run.options.streams
+    assert streams is not None, "prepare_run resolves the streams"
     in_model: dict[str, float] = {}
     _sync(model.pixel_mean.device)
     start = time.perf_counter()
