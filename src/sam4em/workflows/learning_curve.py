@@ -90,15 +90,17 @@ class CurveProfile:
 CURVE_PROFILES = {
     "learning-curve": CurveProfile(
         name="learning-curve", datasets=("lucchi_pp", "vnc"), label_counts=(1, 2, 5, 0),
-        methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-em-full"), finetune_seconds=120.0, memory_share=0.25,
+        methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-gen"), finetune_seconds=120.0, memory_share=0.25,
         pretrain_seconds=1500.0, pretrain_batch=8, generalist_seconds=1500.0, batch_size=4, threads=1,
-        note="about 2 hours on 2 CPU cores: cpu-small, 25 min of EM pretraining once, 120 s of fine-tuning per run",
+        note="about 2.5 hours on 2 CPU cores: cpu-small, 25 min of EM pretraining and 25 min per generalist encoder "
+             "once, 120 s of fine-tuning per run",
     ),
     "learning-curve-quick": CurveProfile(
         name="learning-curve-quick", datasets=("lucchi_pp",), label_counts=(1,),
-        methods=("unet2d", "sam4em-scratch", "sam4em-em"), finetune_seconds=20.0, memory_share=0.25,
+        methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-gen"), finetune_seconds=20.0, memory_share=0.25,
         pretrain_seconds=60.0, pretrain_batch=4, generalist_seconds=40.0, batch_size=2, threads=1,
-        note="a few minutes, for checks: 1 min of pretraining, 20 s of fine-tuning per run; the numbers mean nothing",
+        note="a few minutes, for checks: 1 min of pretraining, 40 s per generalist, 20 s of fine-tuning per run; "
+             "the numbers mean nothing",
     ),
 }
 
