@@ -11,6 +11,7 @@ from sam4em.workflows.learning_curve import (
     CURVE_METHODS,
     CURVE_PROFILES,
     GENERALIST_SOURCES,
+    _generalist_outcome,
     annotated_slices,
     encoder_folder,
     finetune_config,
@@ -72,3 +73,33 @@ def test_generalist_encoders_never_see_the_target_or_a_test_slice(data_dir, tmp_
     # A generalist run starts from the encoder the target's last part exported; from-scratch runs from none.
     assert encoder_folder(tmp_path, "sam4em-gen", "vnc") == (tmp_path / "pretrain" / "generalist-vnc" / "1-lucchi_pp" / "encoder").resolve()
     assert encoder_folder(tmp_path, "sam4em-scratch", "vnc") is None
+
+
+def test_a_generalist_is_trained_part_after_part_and_ends_as_the_encoder_runs_start_from(tmp_path, one_thread):
+    """Two parts on small synthetic stacks: the second starts from the encoder the first exported, and the
+    last part's encoder is where `encoder_folder` points a generalist run."""
+    import dataclasses
+
+    import numpy as np
+    import tifffile
+    import yaml
+
+    from sam4em.workflows.benchmark import DatasetPlan
+    from sam4em.workflows.learning_curve import _generalist_worker
+
+    rng = np.random.default_rng(0)
+    plans = []
+    for name in ("isbi2012", "lucchi_pp"):
+        image = rng.integers(0, 255, (6, 256, 256), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / f"{name}.tif", image, photometric="minisblack")
+        tifffile.imwrite(tmp_path / f"{name}_labels.tif", np.where(image > 128, 255, 0).astype(np.uint8), photometric="minisblack")
+        plans.append(DatasetPlan(name=name, classes="thing=255", train_image=str(tmp_path / f"{name}.tif"),
+                                 train_labels=str(tmp_path / f"{name}_labels.tif"), train_z=None, test_image="", test_labels="",
+                                 test_crop=((0, 1), (0, 1), (0, 1)), voxel_size=(1.0, 1.0, 1.0), clip_length=2, val_fraction=0.3))
+    profile = dataclasses.replace(CURVE_PROFILES["learning-curve-quick"], generalist_seconds=2.0, batch_size=1)
+    encoder = tmp_path / "pretrain" / "generalist-vnc" / "1-lucchi_pp" / "encoder"
+    _generalist_worker(plans, encoder, profile)
+    assert (encoder / "encoder.safetensors").is_file()
+    second = yaml.safe_load((encoder.parent / "run" / "config.yaml").read_text())["train"]["model"]["base"]
+    assert second == str(tmp_path / "pretrain" / "generalist-vnc" / "0-isbi2012" / "encoder")
+    assert "isbi2012 (" in _generalist_outcome(tmp_path / "pretrain" / "generalist-vnc")
