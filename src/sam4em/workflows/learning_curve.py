@@ -100,7 +100,7 @@ CURVE_PROFILES = {
     ),
     "learning-curve-quick": CurveProfile(
         name="learning-curve-quick", datasets=("lucchi_pp",), label_counts=(1,),
-        methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-gen"), finetune_seconds=20.0, memory_share=0.25,
+        methods=("unet2d", "sam4em-scratch", "sam4em-em", "sam4em-gen-init"), finetune_seconds=20.0, memory_share=0.25,
         pretrain_seconds=60.0, pretrain_batch=4, generalist_seconds=40.0, batch_size=2, threads=1,
         note="a few minutes, for checks: 1 min of pretraining, 40 s per generalist, 20 s of fine-tuning per run; "
              "the numbers mean nothing",
