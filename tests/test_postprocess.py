@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sam4em.inference.postprocess import (
     from_uint8_probs,
@@ -61,11 +62,17 @@ def test_labels_ignore_nan_and_reject_integer_input():
         probs_to_labels(np.zeros((2, 1, 1, 1), dtype=np.uint8))
 
 
-def test_labels_match_masked_argmax_on_random_data():
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_labels_match_masked_argmax_on_random_data(kind: str):
+    """Tensors (what `sam4em segment` labels on the model's device) give what arrays give, as tensors."""
     probs = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
-    masked = np.where(probs > 0.6, probs, -1.0)
-    expected = np.where((probs > 0.6).any(axis=0), masked.argmax(axis=0) + 1, 0)
-    assert np.array_equal(probs_to_labels(probs, threshold=0.6), expected)
+    probs[2, 0, 0] = probs[1, 0, 0] = 0.9  # a tie: the lower class wins
+    probs[3, 0, 1] = np.nan
+    masked = np.where(np.nan_to_num(probs) > 0.6, np.nan_to_num(probs), -1.0)
+    expected = np.where((masked > 0).any(axis=0), masked.argmax(axis=0) + 1, 0)
+    labels = probs_to_labels(torch.from_numpy(probs) if kind == "torch" else probs, threshold=0.6)
+    assert isinstance(labels, torch.Tensor if kind == "torch" else np.ndarray)
+    assert np.array_equal(np.asarray(labels), expected) and labels.dtype in (np.uint8, torch.uint8)
 
 
 # --- probs_to_instances ------------------------------------------------------------------------------
@@ -185,6 +192,16 @@ def test_uint8_round_trip_error_bound():
     assert np.abs(restored - probs).max() <= 1 / 510 + 1e-6
     assert to_uint8_probs(np.array([0.0, 1.0, -0.3, 1.7])).tolist() == [0, 255, 0, 255]
     assert np.array_equal(to_uint8_probs(from_uint8_probs(quantised)), quantised)  # stable on re-encode
+
+
+def test_uint8_of_tensors_is_numpys_rounding_as_a_tensor():
+    probs = np.concatenate([np.random.default_rng(1).random(1000, dtype=np.float32),
+                            (np.arange(256, dtype=np.float32) + 0.5) / 255, [-0.5, 1.5]]).astype(np.float32)
+    quantised = to_uint8_probs(torch.from_numpy(probs))
+    assert isinstance(quantised, torch.Tensor) and quantised.dtype == torch.uint8
+    assert np.array_equal(quantised.numpy(), np.rint(np.clip(probs, 0, 1) * np.float32(255)).astype(np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8_probs(torch.tensor([0.5, float("nan")]))
 
 
 def test_uint8_rejects_nan_and_wrong_dtypes():

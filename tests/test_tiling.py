@@ -258,3 +258,12 @@ def test_z_blocks_example_and_validation():
     for args in [(0, 4, 1), (10, 0, 1), (10, 4, -1)]:
         with pytest.raises(ValueError):
             z_blocks(*args)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_reflect_padding_matches_numpy_reflect_for_numpy_and_torch(size: int) -> None:
+    image = np.random.default_rng(size).random((2, size, 5)).astype(np.float32)
+    for target in (size, size + 1, 2 * size + 3, 4 * size + 9):
+        expected = np.pad(image, [(0, 0), (0, target - size), (0, 0)], mode="reflect")
+        np.testing.assert_array_equal(pad_to_window(image, (target, 5)), expected)
+        np.testing.assert_array_equal(pad_to_window(torch.from_numpy(image), (target, 5)).numpy(), expected)

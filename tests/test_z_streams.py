@@ -90,6 +90,18 @@ def test_streams_of_one_volume_equal_separate_passes(model, volume):
             np.testing.assert_allclose(together[stream, z], probs, atol=STREAM_TOLERANCE)
 
 
+@pytest.mark.parametrize("dtype", [">u2", "int32", "float16", "float64"])
+def test_slices_of_any_dtype_give_the_same_probabilities(model, volume, dtype):
+    """Raw slices cross to the model's device in their own dtype (big-endian and wide unsigned ones
+    converted exactly) and are normalised there: the same grey values give the same probabilities."""
+    plan = plan_tiling(SHAPE[1:], model.image_size)
+    predictor = SlicePredictor(model, plan, intensity_bounds=(0.0, 255.0), batch_size=2)
+    expected = dict(predict_slices(volume, predictor, range(4)))
+    for z, probs in predict_slices(volume.astype(dtype), predictor, range(4)):
+        assert isinstance(probs, torch.Tensor) and probs.device == next(model.parameters()).device
+        torch.testing.assert_close(probs, expected[z], rtol=0, atol=0)
+
+
 def test_automatic_streams(model, monkeypatch):
     """1 on a CPU; on a GPU enough for TARGET_WINDOWS windows per call, capped by the blocks, the free
     GPU memory and the free host memory; an explicit count is capped by the blocks only."""

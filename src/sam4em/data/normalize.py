@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 # Enough pixels for stable 1st/99.5th percentiles without holding whole slices of a
 # 4096² volume in memory.
@@ -42,40 +43,45 @@ def percentile_normalize(
     """Map ``image`` (any shape, e.g. (Y, X) or (Z, Y, X)) to float32 in ~[0, 1].
 
     The ``low`` and ``high`` percentiles of the finite values (or the given ``bounds``,
-    e.g. from :func:`volume_percentiles`) go to 0 and 1; with ``clip`` values outside are
-    clipped. A constant image returns zeros. NaN and ±Inf are replaced (NaN → 0, +Inf → 1,
-    -Inf → 0) with a ``RuntimeWarning``, never propagated.
+    e.g. from :func:`volume_percentiles`) go to 0 and 1, as :func:`scale_to_unit` maps them.
     """
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
     array = np.asarray(image)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"image must be numeric, got dtype {array.dtype}")
-    data = array.astype(np.float32, copy=False)
-    nonfinite = ~np.isfinite(data)
-    if nonfinite.any():
-        warnings.warn(
-            f"image has {int(nonfinite.sum())} NaN/Inf values; replacing NaN and -Inf with 0, +Inf with 1",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    data = np.ascontiguousarray(array, dtype=np.float32)
     if bounds is None:
         values = _finite_values(data)
-        if values.size == 0:
-            return np.zeros(array.shape, dtype=np.float32)
-        lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    else:
-        lo, hi = (float(v) for v in bounds)
+        lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 0.0)
+        bounds = (float(lo), float(hi))
+    return scale_to_unit(torch.from_numpy(data), bounds, clip=clip).numpy()
+
+
+def scale_to_unit(image: torch.Tensor, bounds: tuple[float, float], clip: bool = True) -> torch.Tensor:
+    """``image`` (any shape and numeric dtype, on any device) as float32 with ``bounds`` (lo, hi) at 0 and 1.
+
+    With ``clip`` values outside are clipped. NaN and ±Inf are replaced (NaN → 0, +Inf → 1, -Inf → 0)
+    with a ``RuntimeWarning``, never propagated. Bounds with no contrast (hi <= lo) give zeros: a
+    constant image carries nothing to stretch, and zeros keep downstream maths finite. This is where
+    `sam4em segment` normalises, on the model's device, so raw slices cross to a GPU in their own dtype.
+    """
+    data = image.to(torch.float32)
+    nonfinite = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
+    if nonfinite:
+        warnings.warn(
+            f"image has {nonfinite} NaN/Inf values; replacing NaN and -Inf with 0, +Inf with 1",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    lo, hi = (float(v) for v in bounds)
     scale = hi - lo
     if not np.isfinite(scale) or scale <= 0.0:
-        # A constant image carries no contrast to stretch; zeros keep downstream math finite.
-        return np.zeros(array.shape, dtype=np.float32)
-    out = (data - np.float32(lo)) / np.float32(scale)
+        return torch.zeros_like(data)
+    out = (data - lo) / scale
     if clip:
-        np.clip(out, 0.0, 1.0, out=out)
-    if nonfinite.any():
-        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return out.astype(np.float32, copy=False)
+        out.clamp_(0.0, 1.0)
+    return torch.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0) if nonfinite else out
 
 
 def volume_percentiles(

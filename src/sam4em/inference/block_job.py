@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import zarr
 
 from sam4em.inference.output_files import open_writable
@@ -111,17 +112,23 @@ class BlockJob:
         count = len(self.keys)
         buffers = [np.empty((count, b.write.stop - b.write.start, *self.shape[1:]), dtype=dtype) for b in blocks]
         for stream, z, probs in self._fused(blocks, volume, predictor, tick):
-            at = z - blocks[stream].write.start
-            if self.stage == "labels":
-                labels = probs_to_labels(probs, self.threshold)
-                # One class map (1..C), or one 0/1 mask per class (OME-Zarr's labels/<class>).
-                buffers[stream][:, at] = labels if count == 1 else labels == np.arange(1, count + 1)[:, None, None]
-            elif dtype == np.uint8:
-                buffers[stream][:, at] = to_uint8_probs(probs)
-            else:
-                buffers[stream][:, at] = probs
+            # Converted on the model's device: a GPU sends back the output dtype (uint8 labels), not float32.
+            buffers[stream][:, z - blocks[stream].write.start] = self._output(probs).cpu().numpy()
         copies = [np.asarray(volume[b.write]) if self.input_copy is not None else None for b in blocks]
         return [BlockOutput(arrays, copy) for arrays, copy in zip(buffers, copies, strict=True)]
+
+    def _output(self, probs: torch.Tensor) -> torch.Tensor:
+        """The selected classes' probabilities (C, Y, X) of one slice as written: one class map (1..C),
+        one 0/1 mask per class (OME-Zarr's labels/<class>), or probabilities in the output dtype."""
+        if self.stage == "labels":
+            labels = probs_to_labels(probs, self.threshold)
+            if len(self.keys) == 1:
+                return labels[None]
+            classes = torch.arange(1, len(self.keys) + 1, dtype=labels.dtype, device=labels.device)
+            return (labels == classes[:, None, None]).to(torch.uint8)
+        if np.dtype(self.dtype) == np.uint8:
+            return to_uint8_probs(probs)
+        return probs.to(getattr(torch, np.dtype(self.dtype).name))
 
     def write(self, blocks: Sequence[ZBlock], outputs: Sequence[BlockOutput]) -> None:
         """Write what :meth:`predict` returned for ``blocks``."""
@@ -140,9 +147,9 @@ class BlockJob:
         orders: list[range],
         keep: list[range],
         tick: Callable[[], None] | None,
-    ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(stream, z, selected-class probabilities (C, Y, X)) of the slices in ``keep[stream]``, each
-        stream predicted along its ``orders[stream]``."""
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(stream, z, selected-class probabilities (C, Y, X) on the model's device) of the slices in
+        ``keep[stream]``, each stream predicted along its ``orders[stream]``."""
         selection = list(self.class_indices)
         for stream, z, probs in predict_streams(volume, predictor, orders):
             if tick is not None:
@@ -156,7 +163,7 @@ class BlockJob:
         volume: Any,
         predictor: SlicePredictor,
         tick: Callable[[], None] | None,
-    ) -> Iterator[tuple[int, int, np.ndarray]]:
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         owned = [range(b.write.start, b.write.stop) for b in blocks]
         forward = [range(b.read_forward.start, b.read_forward.stop) for b in blocks]
         backward = [range(b.read_backward.stop - 1, b.read_backward.start - 1, -1) for b in blocks]
@@ -171,9 +178,10 @@ class BlockJob:
             spills += [self._spill(block) for block in blocks]
             # p / 2 + q / 2 in float32, as segment_volume accumulates its passes, so one block is exact.
             for stream, z, probs in self._pass(volume, predictor, forward, owned, tick):
-                spills[stream][z - blocks[stream].write.start] = probs / 2
+                spills[stream][z - blocks[stream].write.start] = (probs / 2).cpu().numpy()
             for stream, z, probs in self._pass(volume, predictor, backward, owned, tick):
-                yield stream, z, np.asarray(spills[stream][z - blocks[stream].write.start]) + probs / 2
+                forward_half = torch.from_numpy(spills[stream][z - blocks[stream].write.start]).to(probs.device)
+                yield stream, z, forward_half + probs / 2
         finally:
             for block in blocks:
                 shutil.rmtree(self.spill_path(block), ignore_errors=True)

@@ -7,9 +7,10 @@ values in [0, 1]. Label and instance volumes drop or keep the class axis as docu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.morphology import local_maxima, reconstruction
@@ -23,10 +24,12 @@ __all__ = [
 ]
 
 SeedMethod = Literal["h_maxima", "peak_local_max"]
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def _check_float(probs: np.ndarray, name: str = "probs") -> None:
-    if not np.issubdtype(probs.dtype, np.floating):
+def _check_float(probs: np.ndarray | torch.Tensor, name: str = "probs") -> None:
+    floating = probs.is_floating_point() if isinstance(probs, torch.Tensor) else np.issubdtype(probs.dtype, np.floating)
+    if not floating:
         # Quantised (uint8) probabilities would silently compare against a 0..1 threshold.
         raise TypeError(
             f"{name} must be floating point probabilities in [0, 1], got dtype {probs.dtype}; "
@@ -34,8 +37,16 @@ def _check_float(probs: np.ndarray, name: str = "probs") -> None:
         )
 
 
-def probs_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Semantic labels from per-class probabilities.
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A numpy array as a CPU tensor (shared memory where torch can take it as it is)."""
+    if not array.flags.writeable or array.dtype.byteorder not in "=|":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def probs_to_labels(probs: ArrayT, threshold: float = 0.5) -> ArrayT:
+    """Semantic labels from per-class probabilities (numpy, or torch on any device: a GPU's
+    probabilities are labelled where they are made).
 
     Args:
         probs: float (C, Z, Y, X) probabilities, one channel per class (any number of trailing spatial
@@ -43,22 +54,27 @@ def probs_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         threshold: a class is a candidate at a voxel only if its probability is strictly greater.
 
     Returns:
-        uint8 (Z, Y, X): 0 where no class exceeds the threshold, otherwise ``1 + c`` for the candidate
-        class ``c`` with the highest probability; ties go to the lower class index. NaN never wins.
+        uint8 (Z, Y, X) of ``probs``' kind: 0 where no class exceeds the threshold, otherwise ``1 + c`` for
+        the candidate class ``c`` with the highest probability; ties go to the lower class index. NaN
+        never wins.
     """
-    probs = np.asarray(probs)
+    if not isinstance(probs, torch.Tensor):
+        array = np.asarray(probs)
+        _check_float(array)
+        return probs_to_labels(_as_tensor(array), threshold).numpy()
     _check_float(probs)
     if probs.ndim < 2:
-        raise ValueError(f"probs must have shape (C, Z, Y, X), got {probs.shape}")
+        raise ValueError(f"probs must have shape (C, Z, Y, X), got {tuple(probs.shape)}")
     if probs.shape[0] > 255:
         raise ValueError(f"at most 255 classes fit in uint8 labels, got {probs.shape[0]}")
-    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
     # Running maximum per class instead of a masked argmax: avoids a (C, Z, Y, X) temporary.
-    best = np.full(probs.shape[1:], threshold, dtype=np.result_type(probs.dtype, np.float32))
+    best = torch.full(probs.shape[1:], threshold, dtype=torch.promote_types(probs.dtype, torch.float32),
+                      device=probs.device)
     for index in range(probs.shape[0]):
         wins = probs[index] > best  # strict, so an equal later class does not take over
-        labels[wins] = index + 1
-        np.copyto(best, probs[index], where=wins)
+        labels.masked_fill_(wins, index + 1)
+        best = torch.where(wins, probs[index].to(best.dtype), best)
     return labels
 
 
@@ -225,21 +241,25 @@ def probs_to_instances(
     return out[0] if single else out
 
 
-def to_uint8_probs(probs: np.ndarray) -> np.ndarray:
-    """Quantise probabilities in [0, 1] to uint8 ``round(p * 255)`` for compact storage (any shape).
+def to_uint8_probs(probs: ArrayT) -> ArrayT:
+    """Quantise probabilities in [0, 1] (numpy, or torch on any device) to uint8 ``round(p * 255)`` for
+    compact storage (any shape).
 
-    Values are clipped to [0, 1] first. Rounding to the nearest of 256 levels bounds the round-trip
-    error ``|from_uint8_probs(to_uint8_probs(p)) - p|`` by half a step, 1/510 (plus float32 rounding).
+    Values are clipped to [0, 1] first. Rounding to the nearest of 256 levels (half to even) bounds the
+    round-trip error ``|from_uint8_probs(to_uint8_probs(p)) - p|`` by half a step, 1/510 (plus float32
+    rounding).
 
     Raises:
         TypeError: for non-float input. ValueError: if ``probs`` contains NaN.
     """
-    probs = np.asarray(probs)
+    if not isinstance(probs, torch.Tensor):
+        array = np.asarray(probs)
+        _check_float(array)
+        return to_uint8_probs(_as_tensor(array)).numpy()
     _check_float(probs)
-    if np.isnan(probs).any():
+    if bool(torch.isnan(probs).any()):
         raise ValueError("probs contain NaN; they cannot be quantised")
-    scaled = np.clip(probs, 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
+    return torch.round(probs.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
 
 
 def from_uint8_probs(quantised: np.ndarray) -> np.ndarray:

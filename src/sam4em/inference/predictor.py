@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from sam4em.data.normalize import percentile_normalize
+from sam4em.data.normalize import scale_to_unit
 from sam4em.inference.tiling import Tile, TileBlender, crop_from_window, pad_to_window, tile_grid
 from sam4em.models.info import SegmentationModel
 
@@ -120,15 +120,17 @@ class SlicePredictor:
         self.streams = sum(keep)
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The next raw slice (Y, X) of every active stream -> float32 probabilities (C, Y, X) each."""
+    def predict(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The next raw slice (Y, X) of every active stream -> float32 probabilities (C, Y, X) each, on the
+        predictor's device."""
         if len(images) != self.streams:
             raise ValueError(f"{len(images)} slices for {self.streams} active streams")
         for image in images:
             if tuple(image.shape) != self.plan.image_shape:
                 raise ValueError(f"slice of shape {tuple(image.shape)} does not match the plan's {self.plan.image_shape}")
-        normalized = [percentile_normalize(image, bounds=self.bounds) for image in images]
-        # Blended where the model runs: a GPU's probabilities leave it once per slice, not per window.
+        # Normalised, cut and blended where the model runs: a raw slice crosses to a GPU once, in its
+        # own dtype (a quarter of float32's bytes for uint8), and its probabilities come back once.
+        normalized = [scale_to_unit(self._on_device(image), self.bounds) for image in images]
         blenders = [
             TileBlender(self.plan.image_shape, self.plan.halo, self.model.num_classes, device=self.device)
             for _ in images
@@ -136,27 +138,36 @@ class SlicePredictor:
         window = self.plan.window
         for batch, bank in zip(self.batches, self.banks, strict=True):
             # Stream-major: the windows of stream 0, then those of stream 1, ... (as `keep_streams` drops them).
-            crops = [pad_to_window(slice_[tile.window], window) for slice_ in normalized for tile in batch]
-            pixels = torch.from_numpy(np.stack(crops)[:, None])
-            if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
-                pixels = pixels.pin_memory()
-            pixels = pixels.to(self.device, non_blocking=True)
+            pixels = torch.stack([pad_to_window(slice_[tile.window], window) for slice_ in normalized for tile in batch])
             context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
             with context:
-                logits = self.model(pixels, bank).logits
+                logits = self.model(pixels[:, None], bank).logits
             probs = torch.sigmoid(logits.float())
             for index, prob in enumerate(probs):
                 tile = batch[index % len(batch)]
                 blenders[index // len(batch)].add(tile, crop_from_window(prob, tile.window_shape))
         return [blender.result() for blender in blenders]
 
+    def _on_device(self, image: np.ndarray) -> torch.Tensor:
+        """A raw slice on the predictor's device, in the narrowest dtype torch holds it in exactly."""
+        dtype = image.dtype.newbyteorder("=")  # torch takes native byte order only (e.g. from MRC or TIFF)
+        if dtype.kind not in "iuf":
+            raise TypeError(f"slices must be numeric grey values, got dtype {image.dtype}")
+        if dtype.kind == "u" and dtype.itemsize > 1:  # torch's wider unsigned ints lack most operations
+            dtype = np.dtype(np.int32 if dtype.itemsize == 2 else np.int64)
+        pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=dtype))
+        if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
+            pixels = pixels.pin_memory()
+        return pixels.to(self.device, non_blocking=True)
+
 
 def predict_slices(
     volume,
     predictor: SlicePredictor,
     z_order: Iterable[int],
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (z, probabilities (C, Y, X)) for `volume[z]` in `z_order`, from an empty memory."""
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (z, probabilities (C, Y, X) on the predictor's device) for `volume[z]` in `z_order`, from an
+    empty memory."""
     for _, z, probs in predict_streams(volume, predictor, [list(z_order)]):
         yield z, probs
 
@@ -165,8 +176,8 @@ def predict_streams(
     volume,
     predictor: SlicePredictor,
     z_orders: Sequence[Sequence[int]],
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (stream, z, probabilities (C, Y, X)) for every z of every order in ``z_orders``, the
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (stream, z, probabilities (C, Y, X) on the predictor's device) for every z of every order in ``z_orders``, the
     streams advanced in lockstep from empty memories: step j predicts the j-th slice of every order
     that has one, so each stream's result is the one it gets alone (within float rounding of the
     larger batches). A stream leaves the batch, memory and all, when its order ends."""

@@ -59,7 +59,7 @@ def segment_volume(
     done, total = 0, num_slices * len(orders)
     for order in orders:
         for z, prob in predict_slices(volume, predictor, order):
-            probs[:, z] += prob / len(orders)
+            probs[:, z] += (prob / len(orders)).cpu().numpy()
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -46,6 +46,7 @@ __all__ = [
     "blending_weights",
     "crop_from_window",
     "pad_to_window",
+    "reflect_indices",
     "tile_grid",
     "z_blocks",
 ]
@@ -263,8 +264,8 @@ class TileBlender:
         self._sum[(slice(None), *tile.window)] += prediction.to(self._sum.device) * weights
         self._weight[tile.window] += weights
 
-    def result(self) -> np.ndarray:
-        """The blended float32 (C, Y, X) image.
+    def result(self) -> torch.Tensor:
+        """The blended float32 (C, Y, X) image, where the sums are kept (``device``).
 
         Raises:
             ValueError: if some pixel was covered by no window.
@@ -272,7 +273,7 @@ class TileBlender:
         missing = int((self._weight == 0).sum())
         if missing:
             raise ValueError(f"{missing} pixels are covered by no window; add a prediction for every tile")
-        return (self._sum / self._weight).cpu().numpy()
+        return self._sum / self._weight
 
 
 def blend_tiles(
@@ -289,11 +290,23 @@ def blend_tiles(
         blender.add(tile, prediction)
     if blender is None:
         raise ValueError("blend_tiles needs at least one tile")
-    return blender.result()
+    return blender.result().numpy()
 
 
-def pad_to_window(image: np.ndarray, window_shape: int | Sequence[int]) -> np.ndarray:
-    """Reflect-pad the last two axes (Y, X) of ``image`` up to at least ``window_shape``.
+def reflect_indices(size: int, length: int) -> np.ndarray:
+    """Indices into an axis of ``size`` that extend it to ``length`` by reflection (edge not repeated,
+    as numpy's ``mode="reflect"``, repeating as often as needed); an axis of size 1 is repeated."""
+    positions = np.arange(length)
+    if size == 1:
+        return np.zeros(length, dtype=np.int64)
+    period = 2 * (size - 1)
+    folded = positions % period
+    return np.where(folded < size, folded, period - folded).astype(np.int64)
+
+
+def pad_to_window(image: ArrayT, window_shape: int | Sequence[int]) -> ArrayT:
+    """Reflect-pad the last two axes (Y, X) of ``image`` (numpy, or torch on any device) up to at least
+    ``window_shape``.
 
     Padding is added after the data (bottom and right) so :func:`crop_from_window` only needs the
     original size. Axes already at least as large as the window are left unchanged. Leading axes (e.g.
@@ -301,13 +314,15 @@ def pad_to_window(image: np.ndarray, window_shape: int | Sequence[int]) -> np.nd
     """
     target = _as_pair(window_shape, "window_shape", 1)
     if image.ndim < 2:
-        raise ValueError(f"image must have at least 2 axes (..., Y, X), got shape {image.shape}")
-    pad_y = max(target[0] - image.shape[-2], 0)
-    pad_x = max(target[1] - image.shape[-1], 0)
-    if not (pad_y or pad_x):
-        return image
-    widths = [(0, 0)] * (image.ndim - 2) + [(0, pad_y), (0, pad_x)]
-    return np.pad(image, widths, mode="reflect")
+        raise ValueError(f"image must have at least 2 axes (..., Y, X), got shape {tuple(image.shape)}")
+    for axis, size in ((-2, target[0]), (-1, target[1])):
+        if image.shape[axis] < size:
+            indices = reflect_indices(image.shape[axis], size)
+            if isinstance(image, torch.Tensor):
+                image = image.index_select(image.ndim + axis, torch.from_numpy(indices).to(image.device))
+            else:
+                image = image.take(indices, axis=axis)
+    return image
 
 
 def crop_from_window(prediction: ArrayT, original_shape: Sequence[int]) -> ArrayT:
