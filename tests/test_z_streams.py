@@ -213,3 +213,23 @@ def test_streams_with_a_model_without_memory(tmp_path, raw_path):
     together = run(raw_path, tmp_path / "together.zarr", unet, direction="both", streams=3, batch_size=3)
     assert alone.std() > 1e-3
     np.testing.assert_allclose(together, alone, atol=STREAM_TOLERANCE)
+
+
+def test_forward_halves_kept_on_the_device_equal_those_spilled_to_disk(tmp_path, raw_path, model, monkeypatch):
+    """Where a GPU has room, the forward pass of direction "both" waits in its memory (the CPU stands
+    in for it here): the same probabilities, and no temporary store on disk."""
+    import sam4em.inference.block_job as block_job
+
+    on_disk = run(raw_path, tmp_path / "disk.zarr", model, direction="both", streams=2)
+    monkeypatch.setattr(block_job, "spill_fits_on", lambda device, nbytes: True)
+    monkeypatch.setattr(block_job.BlockJob, "_spill", lambda self, block: pytest.fail("spilled to disk"))
+    in_memory = run(raw_path, tmp_path / "memory.zarr", model, direction="both", streams=2)
+    np.testing.assert_array_equal(in_memory, on_disk)
+
+
+def test_forward_halves_stay_on_a_gpu_only_within_a_quarter_of_its_free_memory(monkeypatch):
+    from sam4em.inference.block_job import spill_fits_on
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 4000))
+    assert spill_fits_on(torch.device("cuda"), 250) and not spill_fits_on(torch.device("cuda"), 251)
+    assert not spill_fits_on(torch.device("cpu"), 1)

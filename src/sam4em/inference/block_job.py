@@ -3,14 +3,15 @@
 Several blocks may run together as z-streams in lockstep (`sam4em.inference.predictor.predict_streams`):
 one model call then holds windows of every block, which is what keeps a GPU busy. A block reads
 ``overlap`` warm-up slices on each side whose predictions only fill the memory bank;
-with ``direction="both"`` the forward probabilities of the owned slices wait in a temporary Zarr store
-beside the target (``<target>.partial-forward-<i>.zarr``, deleted after the block) for the backward
-pass, with which they are averaged slice by slice. See :mod:`sam4em.inference.streaming` for the
+with ``direction="both"`` the forward probabilities of the owned slices wait for the backward pass,
+with which they are averaged slice by slice: in a GPU's memory where they fit, else in a temporary Zarr
+store beside the target (``<target>.partial-forward-<i>.zarr``, deleted after the block). See :mod:`sam4em.inference.streaming` for the
 accuracy at block boundaries.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,30 @@ from sam4em.inference.tiling import ZBlock
 from sam4em.models import SegmentationModel
 
 __all__ = ["BlockJob", "BlockOutput"]
+
+
+def spill_fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` of forward probabilities may wait in ``device``'s own memory: a GPU with
+    four times that free. A CPU's wait on disk, so that block size, not RAM, bounds a long block."""
+    return device.type == "cuda" and 4 * nbytes <= torch.cuda.mem_get_info(device)[0]
+
+
+@dataclass(frozen=True)
+class ForwardHalves:
+    """The forward pass's probabilities / 2 of a block's owned slices, (slices, C, Y, X) float32, until
+    its backward pass: a tensor on the model's device, or a temporary Zarr store on disk."""
+
+    store: torch.Tensor | zarr.Array
+
+    def put(self, index: int, half: torch.Tensor) -> None:
+        if isinstance(self.store, torch.Tensor):
+            self.store[index] = half
+        else:
+            self.store[index] = half.cpu().numpy()
+
+    def take(self, index: int, device: torch.device) -> torch.Tensor:
+        stored = self.store[index]
+        return stored if isinstance(stored, torch.Tensor) else torch.from_numpy(np.asarray(stored)).to(device)
 
 
 @dataclass(frozen=True)
@@ -173,18 +198,25 @@ class BlockJob:
         if self.direction == "backward":
             yield from self._pass(volume, predictor, backward, owned, tick)
             return
-        spills: list[zarr.Array] = []
+        spills: list[ForwardHalves] = []
         try:
-            spills += [self._spill(block) for block in blocks]
+            spills += self._spills(blocks, predictor.device)
             # p / 2 + q / 2 in float32, as segment_volume accumulates its passes, so one block is exact.
             for stream, z, probs in self._pass(volume, predictor, forward, owned, tick):
-                spills[stream][z - blocks[stream].write.start] = (probs / 2).cpu().numpy()
+                spills[stream].put(z - blocks[stream].write.start, probs / 2)
             for stream, z, probs in self._pass(volume, predictor, backward, owned, tick):
-                forward_half = torch.from_numpy(spills[stream][z - blocks[stream].write.start]).to(probs.device)
-                yield stream, z, forward_half + probs / 2
+                yield stream, z, spills[stream].take(z - blocks[stream].write.start, probs.device) + probs / 2
         finally:
             for block in blocks:
                 shutil.rmtree(self.spill_path(block), ignore_errors=True)
+
+    def _spills(self, blocks: Sequence[ZBlock], device: torch.device) -> list[ForwardHalves]:
+        """Where the forward halves of ``blocks`` wait: in the GPU's memory when they take at most a
+        quarter of what is free there (no round trip through the host and the disk), else on disk."""
+        shapes = [(b.write.stop - b.write.start, len(self.class_indices), *self.shape[1:]) for b in blocks]
+        if spill_fits_on(device, 4 * sum(math.prod(shape) for shape in shapes)):
+            return [ForwardHalves(torch.empty(shape, dtype=torch.float32, device=device)) for shape in shapes]
+        return [ForwardHalves(self._spill(block)) for block in blocks]
 
     def _spill(self, block: ZBlock) -> zarr.Array:
         """A temporary store for the forward probabilities of ``block``'s owned slices."""

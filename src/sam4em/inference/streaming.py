@@ -7,9 +7,10 @@ memory depends on the slice size and ``block_size``, not on the number of slices
   ``block_size`` slices and also reads ``overlap`` warm-up slices on each side, whose predictions
   only fill the memory bank and are discarded. Blocks are independent, which is what makes resuming
   and distributed processing (:mod:`sam4em.inference.distributed`) simple;
-* ``direction="both"`` runs the forward pass of a block first and spills its probabilities for the
-  owned slices to a temporary Zarr store beside the output (``<output>.partial-forward-<i>.zarr``,
-  deleted after the block), then the backward pass, which is fused (mean) with them slice by slice;
+* ``direction="both"`` runs the forward pass of a block first and keeps its probabilities for the
+  owned slices (in a GPU's memory where a quarter of its free memory holds them, else in a temporary
+  Zarr store beside the output, ``<output>.partial-forward-<i>.zarr``, deleted after the block), then
+  the backward pass, which is fused (mean) with them slice by slice;
 * with ``streams`` K > 1 (:class:`sam4em.inference.options.SegmentOptions`; automatic on a GPU) K blocks
   run as z-streams in lockstep: each model call holds a tile batch of every stream, each stream has its
   own memory bank, and a stream leaves the batch when its block ends
