@@ -233,3 +233,35 @@ def test_forward_halves_stay_on_a_gpu_only_within_a_quarter_of_its_free_memory(m
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 4000))
     assert spill_fits_on(torch.device("cuda"), 250) and not spill_fits_on(torch.device("cuda"), 251)
     assert not spill_fits_on(torch.device("cpu"), 1)
+
+
+def test_slices_are_read_one_at_a_time_in_the_background(model, volume):
+    """predict_streams reads the next step's slices in its reader thread, never two reads at once (some
+    readers, e.g. compressed TIFF, take one thread at a time), and yields what the plain array gives."""
+    import threading
+
+    class OneReaderVolume:
+        shape = volume.shape
+
+        def __init__(self) -> None:
+            self.lock, self.threads = threading.Lock(), set()
+
+        def __getitem__(self, index):
+            if not self.lock.acquire(blocking=False):
+                raise AssertionError("two threads read the volume at once")
+            try:
+                self.threads.add(threading.current_thread().name)
+                return volume[index]
+            finally:
+                self.lock.release()
+
+    plan = plan_tiling(SHAPE[1:], model.image_size)
+    predictor = SlicePredictor(model, plan, intensity_bounds=(0.0, 255.0), batch_size=2)
+    orders = [list(range(0, 6)), list(range(12, 8, -1))]
+    watched = OneReaderVolume()
+    background = {(stream, z): probs for stream, z, probs in predict_streams(watched, predictor, orders)}
+    assert watched.threads and all(name.startswith("sam4em-read") for name in watched.threads)
+    plain = {(stream, z): probs for stream, z, probs in predict_streams(volume, predictor, orders)}
+    assert background.keys() == plain.keys()
+    for key, probs in plain.items():
+        torch.testing.assert_close(background[key], probs, rtol=0, atol=0)

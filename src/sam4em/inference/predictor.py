@@ -9,6 +9,7 @@ weights (`TileBlender`), so no seams show.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -177,17 +178,33 @@ def predict_streams(
     predictor: SlicePredictor,
     z_orders: Sequence[Sequence[int]],
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (stream, z, probabilities (C, Y, X) on the predictor's device) for every z of every order in ``z_orders``, the
-    streams advanced in lockstep from empty memories: step j predicts the j-th slice of every order
-    that has one, so each stream's result is the one it gets alone (within float rounding of the
-    larger batches). A stream leaves the batch, memory and all, when its order ends."""
+    """Yield (stream, z, probabilities (C, Y, X) on the predictor's device) for every z of every order in
+    ``z_orders``, the streams advanced in lockstep from empty memories: step j predicts the j-th slice of
+    every order that has one, so each stream's result is the one it gets alone (within float rounding of
+    the larger batches). A stream leaves the batch, memory and all, when its order ends.
+
+    The slices of step j + 1 are read in a background thread while step j is predicted; only that
+    thread reads ``volume`` meanwhile (some readers, e.g. compressed TIFF, take one thread at a time).
+    """
+
+    def streams_at(step: int) -> list[int]:
+        return [stream for stream, order in enumerate(z_orders) if step < len(order)]
+
+    def read(step: int) -> list[np.ndarray]:
+        return [np.asarray(volume[z_orders[stream][step]]) for stream in streams_at(step)]
+
     predictor.reset(len(z_orders))
     active = list(range(len(z_orders)))
-    for step in range(max((len(order) for order in z_orders), default=0)):
-        still = [stream for stream in active if step < len(z_orders[stream])]
-        if len(still) != len(active):
-            predictor.keep_streams([stream in still for stream in active])
-            active = still
-        slices = [np.asarray(volume[z_orders[stream][step]]) for stream in active]
-        for stream, probs in zip(active, predictor.predict(slices), strict=True):
-            yield stream, z_orders[stream][step], probs
+    steps = max((len(order) for order in z_orders), default=0)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam4em-read") as reader:
+        upcoming = reader.submit(read, 0)
+        for step in range(steps):
+            slices = upcoming.result()
+            if step + 1 < steps:
+                upcoming = reader.submit(read, step + 1)
+            still = streams_at(step)
+            if len(still) != len(active):
+                predictor.keep_streams([stream in still for stream in active])
+                active = still
+            for stream, probs in zip(active, predictor.predict(slices), strict=True):
+                yield stream, z_orders[stream][step], probs
