@@ -231,37 +231,45 @@ def test_forward_halves_stay_on_a_gpu_only_within_a_quarter_of_its_free_memory(m
     from sam4em.inference.block_job import spill_fits_on
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 4000))
-    assert spill_fits_on(torch.device("cuda"), 250) and not spill_fits_on(torch.device("cuda"), 251)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 300)  # 200 of it reusable
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100)
+    assert spill_fits_on(torch.device("cuda"), 300) and not spill_fits_on(torch.device("cuda"), 301)
     assert not spill_fits_on(torch.device("cpu"), 1)
 
 
-def test_slices_are_read_one_at_a_time_in_the_background(model, volume):
-    """predict_streams reads the next step's slices in its reader thread, never two reads at once (some
-    readers, e.g. compressed TIFF, take one thread at a time), and yields what the plain array gives."""
+def test_the_next_slice_is_read_while_the_model_runs(model, volume, monkeypatch):
+    """predict_streams reads step j + 1's slice in its reader thread while step j is predicted (each
+    prediction here waits until that read has begun: reading inline would time out), never two reads
+    at once (some readers, e.g. compressed TIFF, take one thread at a time), with unchanged results."""
+    import itertools
     import threading
 
-    class OneReaderVolume:
+    steps = 6
+    begun = [threading.Event() for _ in range(steps)]
+
+    class WatchedVolume:
         shape = volume.shape
+        lock = threading.Lock()
 
-        def __init__(self) -> None:
-            self.lock, self.threads = threading.Lock(), set()
-
-        def __getitem__(self, index):
+        def __getitem__(self, z):
             if not self.lock.acquire(blocking=False):
                 raise AssertionError("two threads read the volume at once")
             try:
-                self.threads.add(threading.current_thread().name)
-                return volume[index]
+                begun[z].set()
+                return volume[z]
             finally:
                 self.lock.release()
 
     plan = plan_tiling(SHAPE[1:], model.image_size)
     predictor = SlicePredictor(model, plan, intensity_bounds=(0.0, 255.0), batch_size=2)
-    orders = [list(range(0, 6)), list(range(12, 8, -1))]
-    watched = OneReaderVolume()
-    background = {(stream, z): probs for stream, z, probs in predict_streams(watched, predictor, orders)}
-    assert watched.threads and all(name.startswith("sam4em-read") for name in watched.threads)
-    plain = {(stream, z): probs for stream, z, probs in predict_streams(volume, predictor, orders)}
-    assert background.keys() == plain.keys()
-    for key, probs in plain.items():
-        torch.testing.assert_close(background[key], probs, rtol=0, atol=0)
+    expected = dict(predict_slices(volume, predictor, range(steps)))
+    alone, calls = predictor.predict, itertools.count()
+
+    def predict(slices):
+        step = next(calls)
+        assert step + 1 == steps or begun[step + 1].wait(timeout=60), "the next slice was not read meanwhile"
+        return alone(slices)
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    for z, probs in predict_slices(WatchedVolume(), predictor, range(steps)):
+        torch.testing.assert_close(probs, expected[z], rtol=0, atol=0)

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sam4em.data.tensors import as_tensor
+
 # Enough pixels for stable 1st/99.5th percentiles without holding whole slices of a
 # 4096² volume in memory.
 _MAX_SAMPLES_PER_SLICE = 1 << 18
@@ -55,7 +57,7 @@ def percentile_normalize(
         values = _finite_values(data)
         lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 0.0)
         bounds = (float(lo), float(hi))
-    return scale_to_unit(torch.from_numpy(data), bounds, clip=clip).numpy()
+    return scale_to_unit(as_tensor(data), bounds, clip=clip).numpy()
 
 
 def scale_to_unit(image: torch.Tensor, bounds: tuple[float, float], clip: bool = True) -> torch.Tensor:
@@ -67,7 +69,8 @@ def scale_to_unit(image: torch.Tensor, bounds: tuple[float, float], clip: bool =
     `sam4em segment` normalises, on the model's device, so raw slices cross to a GPU in their own dtype.
     """
     data = image.to(torch.float32)
-    nonfinite = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
+    # Counted after the cast: float64 values beyond float32's range become infinite there.
+    nonfinite = int((~torch.isfinite(data)).sum()) if image.is_floating_point() else 0
     if nonfinite:
         warnings.warn(
             f"image has {nonfinite} NaN/Inf values; replacing NaN and -Inf with 0, +Inf with 1",

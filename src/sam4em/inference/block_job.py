@@ -33,9 +33,13 @@ __all__ = ["BlockJob", "BlockOutput"]
 
 
 def spill_fits_on(device: torch.device, nbytes: int) -> bool:
-    """Whether ``nbytes`` of forward probabilities may wait in ``device``'s own memory: a GPU with
-    four times that free. A CPU's wait on disk, so that block size, not RAM, bounds a long block."""
-    return device.type == "cuda" and 4 * nbytes <= torch.cuda.mem_get_info(device)[0]
+    """Whether ``nbytes`` of forward probabilities may wait in ``device``'s own memory: a GPU with four
+    times that free (counting what torch holds reserved but unused). On a CPU they wait on disk, so
+    that block size, not RAM, bounds a long block."""
+    if device.type != "cuda":
+        return False
+    reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return 4 * nbytes <= torch.cuda.mem_get_info(device)[0] + reusable
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ values in [0, 1]. Label and instance volumes drop or keep the class axis as docu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed as skimage_watershed
+
+from sam4em.data.tensors import as_tensor
+from sam4em.inference.tiling import ArrayT
 
 __all__ = [
     "from_uint8_probs",
@@ -24,7 +27,6 @@ __all__ = [
 ]
 
 SeedMethod = Literal["h_maxima", "peak_local_max"]
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def _check_float(probs: np.ndarray | torch.Tensor, name: str = "probs") -> None:
@@ -37,16 +39,10 @@ def _check_float(probs: np.ndarray | torch.Tensor, name: str = "probs") -> None:
         )
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A numpy array as a CPU tensor (shared memory where torch can take it as it is)."""
-    if not array.flags.writeable or array.dtype.byteorder not in "=|":
-        array = array.astype(array.dtype.newbyteorder("="))
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def probs_to_labels(probs: ArrayT, threshold: float = 0.5) -> ArrayT:
     """Semantic labels from per-class probabilities (numpy, or torch on any device: a GPU's
-    probabilities are labelled where they are made).
+    probabilities are labelled where they are made). Numpy input is worked on in place where torch can
+    take it as it is (`sam4em.data.tensors.as_tensor`), else copied once.
 
     Args:
         probs: float (C, Z, Y, X) probabilities, one channel per class (any number of trailing spatial
@@ -61,7 +57,7 @@ def probs_to_labels(probs: ArrayT, threshold: float = 0.5) -> ArrayT:
     if not isinstance(probs, torch.Tensor):
         array = np.asarray(probs)
         _check_float(array)
-        return probs_to_labels(_as_tensor(array), threshold).numpy()
+        return probs_to_labels(as_tensor(array), threshold).numpy()
     _check_float(probs)
     if probs.ndim < 2:
         raise ValueError(f"probs must have shape (C, Z, Y, X), got {tuple(probs.shape)}")
@@ -74,7 +70,7 @@ def probs_to_labels(probs: ArrayT, threshold: float = 0.5) -> ArrayT:
     for index in range(probs.shape[0]):
         wins = probs[index] > best  # strict, so an equal later class does not take over
         labels.masked_fill_(wins, index + 1)
-        best = torch.where(wins, probs[index].to(best.dtype), best)
+        torch.where(wins, probs[index].to(best.dtype), best, out=best)
     return labels
 
 
@@ -255,7 +251,7 @@ def to_uint8_probs(probs: ArrayT) -> ArrayT:
     if not isinstance(probs, torch.Tensor):
         array = np.asarray(probs)
         _check_float(array)
-        return to_uint8_probs(_as_tensor(array)).numpy()
+        return to_uint8_probs(as_tensor(array)).numpy()
     _check_float(probs)
     if bool(torch.isnan(probs).any()):
         raise ValueError("probs contain NaN; they cannot be quantised")

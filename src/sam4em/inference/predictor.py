@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sam4em.data.normalize import scale_to_unit
+from sam4em.data.tensors import as_tensor
 from sam4em.inference.tiling import Tile, TileBlender, crop_from_window, pad_to_window, tile_grid
 from sam4em.models.info import SegmentationModel
 
@@ -151,12 +152,9 @@ class SlicePredictor:
 
     def _on_device(self, image: np.ndarray) -> torch.Tensor:
         """A raw slice on the predictor's device, in the narrowest dtype torch holds it in exactly."""
-        dtype = image.dtype.newbyteorder("=")  # torch takes native byte order only (e.g. from MRC or TIFF)
-        if dtype.kind not in "iuf":
-            raise TypeError(f"slices must be numeric grey values, got dtype {image.dtype}")
-        if dtype.kind == "u" and dtype.itemsize > 1:  # torch's wider unsigned ints lack most operations
-            dtype = np.dtype(np.int32 if dtype.itemsize == 2 else np.int64)
-        pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=dtype))
+        if image.dtype.kind == "u" and image.dtype.itemsize > 1:  # torch's wider unsigned ints lack operations
+            image = image.astype({2: np.int32, 4: np.int64}.get(image.dtype.itemsize, np.float64))
+        pixels = as_tensor(image)
         if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
             pixels = pixels.pin_memory()
         return pixels.to(self.device, non_blocking=True)

@@ -303,7 +303,7 @@ def choose_streams(
     on a CPU (where one batch keeps the cores busy and larger ones were slower, docs/benchmarks.md)
     and on a GPU enough streams to reach :data:`TARGET_WINDOWS` windows per call, limited by the
     blocks, by half the free GPU memory (:data:`WINDOW_GPU_BYTES` per window plus each stream's
-    blending sums) and by a quarter of the free host memory for what each block holds until it is
+    slice-sized tensors) and by a quarter of the free host memory for what each block holds until it is
     written (``block_bytes``, `BlockJob.block_bytes`; one wave is written while the next is
     predicted: two waves at once)."""
     if options.streams is not None:
@@ -314,7 +314,9 @@ def choose_streams(
     classes = len(options.classes or ()) or 1
     pixels = plan.image_shape[0] * plan.image_shape[1]
     by_host = available_host_memory() // 4 // max(1, 2 * block_bytes)
-    gpu_per_stream = windows_per_call * WINDOW_GPU_BYTES * plan.window**2 // 512**2 + 8 * classes * pixels
+    # Per slice on the GPU besides the windows: the raw slice (at most 8 bytes a pixel), its normalised
+    # copy and the blending weights (4 each), the sums, the result and its output copy (4 each a class).
+    gpu_per_stream = windows_per_call * WINDOW_GPU_BYTES * plan.window**2 // 512**2 + (16 + 12 * classes) * pixels
     by_gpu = torch.cuda.mem_get_info(device)[0] // 2 // gpu_per_stream
     return max(1, min(TARGET_WINDOWS // max(1, windows_per_call), blocks, by_host, by_gpu))
 

@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from sam4em.data.tensors import as_tensor
+
 __all__ = [
     "Tile",
     "TileBlender",
@@ -225,7 +227,7 @@ class TileBlender:
     window contributes with a positive weight and the sum is normalised per pixel, predictions that
     agree wherever they overlap are reproduced exactly (up to float32 rounding): no seams.
     The sums live on ``device`` (default the CPU): a GPU's predictions are blended where they are
-    made and leave it once per image, in :meth:`result`.
+    made, and :meth:`result` stays there too.
     """
 
     def __init__(
@@ -259,8 +261,8 @@ class TileBlender:
                 f"prediction for tile {tile.index} must have shape {expected}, got {tuple(prediction.shape)}"
             )
         weights = _weights_on(self._sum.device, tile.window_shape, self.halo)
-        if isinstance(prediction, np.ndarray):  # torch takes neither negative strides nor read-only arrays
-            prediction = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))
+        if isinstance(prediction, np.ndarray):
+            prediction = as_tensor(prediction).to(torch.float32)
         self._sum[(slice(None), *tile.window)] += prediction.to(self._sum.device) * weights
         self._weight[tile.window] += weights
 
@@ -304,6 +306,12 @@ def reflect_indices(size: int, length: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded).astype(np.int64)
 
 
+@lru_cache(maxsize=64)
+def _reflect_indices_on(size: int, length: int, device: torch.device) -> torch.Tensor:
+    """:func:`reflect_indices` on ``device``, copied there once (a GPU would wait for each copy)."""
+    return torch.from_numpy(reflect_indices(size, length)).to(device)
+
+
 def pad_to_window(image: ArrayT, window_shape: int | Sequence[int]) -> ArrayT:
     """Reflect-pad the last two axes (Y, X) of ``image`` (numpy, or torch on any device) up to at least
     ``window_shape``.
@@ -317,11 +325,11 @@ def pad_to_window(image: ArrayT, window_shape: int | Sequence[int]) -> ArrayT:
         raise ValueError(f"image must have at least 2 axes (..., Y, X), got shape {tuple(image.shape)}")
     for axis, size in ((-2, target[0]), (-1, target[1])):
         if image.shape[axis] < size:
-            indices = reflect_indices(image.shape[axis], size)
             if isinstance(image, torch.Tensor):
-                image = image.index_select(image.ndim + axis, torch.from_numpy(indices).to(image.device))
+                indices = _reflect_indices_on(image.shape[axis], size, image.device)
+                image = image.index_select(image.ndim + axis, indices)
             else:
-                image = image.take(indices, axis=axis)
+                image = image.take(reflect_indices(image.shape[axis], size), axis=axis)
     return image
 
 
