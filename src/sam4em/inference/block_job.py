@@ -5,8 +5,8 @@ one model call then holds windows of every block, which is what keeps a GPU busy
 ``overlap`` warm-up slices on each side whose predictions only fill the memory bank;
 with ``direction="both"`` the forward probabilities of the owned slices wait for the backward pass,
 with which they are averaged slice by slice: in a GPU's memory where they fit, else in a temporary Zarr
-store beside the target (``<target>.partial-forward-<i>.zarr``, deleted after the block). See :mod:`sam4em.inference.streaming` for the
-accuracy at block boundaries.
+store beside the target (``<target>.partial-forward-<i>.zarr``, deleted after the block). See
+:mod:`sam4em.inference.streaming` for the accuracy at block boundaries.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import zarr
 
+from sam4em.data.tensors import as_tensor
 from sam4em.inference.output_files import open_writable
 from sam4em.inference.postprocess import probs_to_labels, to_uint8_probs
 from sam4em.inference.predictor import SlicePredictor, plan_tiling, predict_streams
@@ -57,7 +58,7 @@ class ForwardHalves:
 
     def take(self, index: int, device: torch.device) -> torch.Tensor:
         stored = self.store[index]
-        return stored if isinstance(stored, torch.Tensor) else torch.from_numpy(np.asarray(stored)).to(device)
+        return stored if isinstance(stored, torch.Tensor) else as_tensor(np.asarray(stored)).to(device)
 
 
 @dataclass(frozen=True)

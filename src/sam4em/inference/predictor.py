@@ -151,9 +151,7 @@ class SlicePredictor:
         return [blender.result() for blender in blenders]
 
     def _on_device(self, image: np.ndarray) -> torch.Tensor:
-        """A raw slice on the predictor's device, in the narrowest dtype torch holds it in exactly."""
-        if image.dtype.kind == "u" and image.dtype.itemsize > 1:  # torch's wider unsigned ints lack operations
-            image = image.astype({2: np.int32, 4: np.int64}.get(image.dtype.itemsize, np.float64))
+        """A raw slice on the predictor's device, in its own dtype where torch has it (`as_tensor`)."""
         pixels = as_tensor(image)
         if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
             pixels = pixels.pin_memory()

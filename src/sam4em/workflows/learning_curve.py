@@ -394,8 +394,8 @@ def plot_curve(records: list[dict[str, Any]], path: Path) -> None:
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=method)
         ax.set(xscale="log", xlabel="annotated training slices (+1 for validation)", ylabel="test Dice", title=name, ylim=(0, 1))
-        counts = sorted({r["labelled"] for r in records if r["dataset"] == name})
-        ax.set_xticks(counts, [str(n) for n in counts], minor=False)  # the counts run, not powers of ten
+        ticks = sorted({r["labelled"] for r in records if r["dataset"] == name})
+        ax.set_xticks(ticks, [str(n) for n in ticks], minor=False)  # the counts run, not powers of ten
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=8)
     figure.tight_layout()
