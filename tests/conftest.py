@@ -44,7 +44,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def decisive_tiny_model():
-    """A factory: test-tiny with seeded random weights and its mask logits scaled up 1000x.
+    """A factory: test-tiny with seeded random weights and its mask logits scaled up 1000x (keyword
+    arguments: `BuildOptions` fields).
 
     Raw, a random test-tiny predicts 0.5 ± 1e-5 everywhere, too flat for 0/1 decisions (or float16
     storage) to differ over a volume; scaled, every class gets voxels. Returns the model in eval mode.
@@ -53,9 +54,9 @@ def decisive_tiny_model():
 
     from sam4em.models import build_model
 
-    def make(class_names: tuple[str, ...] | list[str]):
+    def make(class_names: tuple[str, ...] | list[str], **options):
         torch.manual_seed(0)
-        net = build_model("test-tiny", class_names=class_names, pretrained=False)
+        net = build_model("test-tiny", class_names=class_names, pretrained=False, **options)
         with torch.no_grad():
             for name, parameter in net.named_parameters():
                 if "output_hypernetworks_mlps" in name and "proj_out" in name:

@@ -16,6 +16,9 @@ from sam4em.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+PROMPT_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
+MIXING_TENSORS = ("memory.class_mask_weights", "memory.class_no_object")
+
 
 @pytest.fixture(scope="module")
 def generalist(tmp_path_factory):
@@ -35,11 +38,45 @@ def test_per_class_prompts_follow_the_class_names(generalist):
     target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     state = state_for_classes(source.state_dict(), source.info.class_names, target)
-    for key in PER_CLASS_TENSORS:
+    for key in PROMPT_TENSORS:
         assert torch.equal(state[key][0], source.state_dict()[key][1])  # mito: the generalist's row 1
         assert torch.equal(state[key][1], fresh[key][1])  # synapse: new, its own initialisation
     agnostic = [k for k in state if k not in PER_CLASS_TENSORS]
     assert agnostic and all(torch.equal(state[k], source.state_dict()[k]) for k in agnostic)
+
+
+def test_a_shared_memory_takes_its_class_rows_by_name_too(tmp_path):
+    source = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, shared_memory=True)
+    with torch.no_grad():
+        for key in MIXING_TENSORS:
+            source.get_parameter(key).normal_()
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=True)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    for key in MIXING_TENSORS:
+        assert torch.equal(state[key][0], source.state_dict()[key][1])
+        assert torch.equal(state[key][1], fresh[key][1])
+
+
+@pytest.mark.parametrize("source_shared", [True, False])
+def test_a_model_starts_from_one_with_the_other_memory_layout(generalist, source_shared):
+    """A per-class generalist starts a shared memory (its class mixing keeps its own initialisation), and a
+    shared one starts a per-class memory (its class mixing is left out): every other weight loads."""
+    if source_shared:
+        source = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, shared_memory=True)
+        with torch.no_grad():
+            for parameter in source.parameters():
+                parameter.add_(0.1)  # away from the seeded initialisation that the target shares
+    else:
+        source = load_model(generalist)
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=not source_shared)
+    fresh = target.state_dict()
+    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    target.load_state_dict(state, strict=True)
+    assert all((key in state) == (not source_shared) for key in MIXING_TENSORS)
+    assert all(torch.equal(state[key], fresh[key]) for key in MIXING_TENSORS if key in state)
+    assert torch.equal(state["memory.memory_encoder.projection.weight"],
+                       source.state_dict()["memory.memory_encoder.projection.weight"])
 
 
 def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):

@@ -12,8 +12,9 @@ from sam4em.workflows.speed_benchmark import PARTS, part_times, speed_cases
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_every_part_is_timed_and_nothing_twice() -> None:
-    model = build_model("test-tiny", 3, pretrained=False).eval()
+@pytest.mark.parametrize("shared_memory", [False, True])
+def test_every_part_is_timed_and_nothing_twice(shared_memory: bool) -> None:
+    model = build_model("test-tiny", 3, pretrained=False, shared_memory=shared_memory).eval()
     for paths in PARTS.values():
         for path in paths:
             model.get_submodule(path)  # a renamed module would silently time as 0 ms
@@ -27,8 +28,10 @@ def test_every_part_is_timed_and_nothing_twice() -> None:
 
 
 def test_cases_follow_the_device() -> None:
-    assert [c.model for c in speed_cases("cpu")] == ["cpu-small"]
-    assert [c.model for c in speed_cases("cuda")] == ["sam2.1-hiera-tiny", "sam2.1-hiera-base-plus"]
+    assert [c.label for c in speed_cases("cpu")] == ["cpu-small", "cpu-small (shared memory)"]
+    assert [c.label for c in speed_cases("cuda")] == [
+        "sam2.1-hiera-tiny", "sam2.1-hiera-tiny (shared memory)", "sam2.1-hiera-base-plus"
+    ]
     assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
 
 

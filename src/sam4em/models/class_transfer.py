@@ -1,7 +1,8 @@
 """Starting a SAM4EM from one trained for other classes (a generalist model, as micro-sam fine-tunes its
-EM generalists): every weight is class-agnostic except the prompt generator's per-class tensors, whose
-first axis is the class. Those take the row of the class of the same name, and keep the new model's
-own initialisation for classes the trained one did not have.
+EM generalists): every weight is class-agnostic except the per-class tensors of the prompt generator
+and of a shared memory, whose first axis is the class. Those take the row of the class of the same
+name, and keep the new model's own initialisation for classes the trained one did not have (and all
+of it where only one of the two models has the tensor: a shared memory meets a per-class one).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from sam4em.models.sam4em import SAM4EM
 
 __all__ = ["PER_CLASS_TENSORS", "state_for_classes"]
 
-#: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`).
-PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
+#: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`;
+#: the class mixing of a shared memory: `SliceMemory`).
+PER_CLASS_TENSORS = (
+    "prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights", "memory.class_no_object"
+)
 
 
 def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[str], model: SAM4EM) -> dict[str, torch.Tensor]:
@@ -30,9 +34,12 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
                              f"({model.num_classes}, not {counts.pop()}); name the classes of both")
         return state
     own = model.state_dict()
-    remapped = dict(state)
+    remapped = {key: value for key, value in state.items() if key in own or key not in PER_CLASS_TENSORS}
     for key in PER_CLASS_TENSORS:
-        if key not in state or key not in own:
+        if key not in own:
+            continue
+        if key not in state:
+            remapped[key] = own[key]
             continue
         rows = own[key].detach().clone()
         for index, name in enumerate(target_classes):

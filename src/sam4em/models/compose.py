@@ -122,7 +122,7 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOption
         stage2_decoder=stage2,
         enhancer=FeatureEnhancer(channels=dim) if options.enhancer else None,
         detail_head=DetailHead() if options.detail_head else None,
-        memory=_memory(sam2, capacity=options.memory_capacity) if options.memory else None,
+        memory=_memory(sam2, options) if options.memory else None,
         info=info,
     )
     if finetune == "lora":
@@ -134,8 +134,8 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOption
     return model
 
 
-def _memory(sam2: Sam2VideoModel, *, capacity: int) -> SliceMemory:
-    """SAM2's memory encoder, memory attention and memory embeddings as a `SliceMemory` of `capacity` slices."""
+def _memory(sam2: Sam2VideoModel, options: BuildOptions) -> SliceMemory:
+    """SAM2's memory encoder, memory attention and memory embeddings as the `SliceMemory` `options` ask for."""
     no_object = sam2.occlusion_spatial_embedding_parameter
     if no_object is None:  # every registered base enables it (Meta's SAM2.1 does)
         raise ValueError("the SAM2 config has no object-absent memory embedding (enable_occlusion_spatial_embedding)")
@@ -145,7 +145,8 @@ def _memory(sam2: Sam2VideoModel, *, capacity: int) -> SliceMemory:
         temporal_encoding=sam2.memory_temporal_positional_encoding,
         no_memory_embedding=sam2.no_memory_embedding,
         no_object_embedding=no_object,
-        capacity=capacity,
+        capacity=options.memory_capacity,
+        shared_classes=options.num_classes if options.shared_memory else 0,
         sigmoid_scale=sam2.config.sigmoid_scale_for_mem_enc,
         sigmoid_bias=sam2.config.sigmoid_bias_for_mem_enc,
     )

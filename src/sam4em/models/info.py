@@ -42,6 +42,9 @@ class BuildOptions:
     prompt_generator: bool = True
     two_stage: bool = True
     memory: bool = True
+    # One memory per window shared by the classes (memory attention once per window) instead of SAM2's
+    # one per object, i.e. per class (`sam4em.models.memory`). Runs saved before it existed are per class.
+    shared_memory: bool = False
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
     multimask_fallback: bool = False

@@ -9,6 +9,13 @@ attention uniform).
 
 The bank is plain state outside the module: one bank per volume (and per tile column), created
 empty, so nothing leaks from one volume to the next and no ground truth ever enters.
+
+Two layouts (`SliceMemory.shared_classes`):
+- per class (SAM2's one memory per object): each class has its own rows in the bank and its own
+  memory attention; everything after the encoder runs once per class.
+- shared (one memory per window): the C classes' downsampled masks are mixed with learned per-class
+  channel weights into one entry per window, so memory attention and the memory encoder's fuser run
+  once per window. With one class the two layouts compute the same thing.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoMemoryEncoder
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,19 @@ class SliceMemory(nn.Module):
     (conditioning) frames, which SAM4EM does not have, so at most R - 1 entries are kept.
     `no_memory_embedding` (1, 1, D) marks a slice that has no memory yet; `no_object_embedding` (1, M)
     (Meta's ``no_obj_embed_spatial``) is added to the memory of a slice whose object score is <= 0.
+
+    `shared_classes` C > 0 makes one memory per window for C classes (module docstring): `condition`
+    and `encode` then take one row of features per window, and `encode` takes the C classes' masks
+    and scores of each window (window-major). `class_mask_weights` (C, D) weighs each class's
+    downsampled mask before they are summed (1/C at first: their mean), and `class_no_object` (C, M)
+    is each class's object-absent embedding (each starts as `no_object_embedding`; the sum of the
+    absent classes' rows, divided by C, is added).
     """
 
     def __init__(
         self,
         *,
-        memory_encoder: nn.Module,
+        memory_encoder: Sam2VideoMemoryEncoder,
         memory_attention: nn.Module,
         temporal_encoding: nn.Parameter,
         no_memory_embedding: nn.Parameter,
@@ -86,6 +101,7 @@ class SliceMemory(nn.Module):
         capacity: int,
         sigmoid_scale: float = 20.0,
         sigmoid_bias: float = -10.0,
+        shared_classes: int = 0,
     ) -> None:
         super().__init__()
         if capacity < 1 or capacity > temporal_encoding.shape[0] - 1:
@@ -101,6 +117,13 @@ class SliceMemory(nn.Module):
         self.capacity = capacity
         self.sigmoid_scale = sigmoid_scale
         self.sigmoid_bias = sigmoid_bias
+        self.shared_classes = shared_classes
+        self.class_mask_weights: nn.Parameter | None = None
+        self.class_no_object: nn.Parameter | None = None
+        if shared_classes:
+            mask_channels = memory_encoder.feature_projection.out_channels
+            self.class_mask_weights = nn.Parameter(torch.full((shared_classes, mask_channels), 1.0 / shared_classes))
+            self.class_no_object = nn.Parameter(no_object_embedding.detach().reshape(1, -1).repeat(shared_classes, 1))
 
     def new_bank(self) -> MemoryBank:
         return MemoryBank(capacity=self.capacity)
@@ -125,14 +148,30 @@ class SliceMemory(nn.Module):
         return out.reshape(n, h * w, d).transpose(1, 2).reshape(n, d, h, w)
 
     def encode(self, features: torch.Tensor, mask_logits: torch.Tensor, object_scores: torch.Tensor) -> MemoryEntry:
-        """features (N, D, h, w), mask logits (N, 1, H, W) at input resolution and object-score logits
-        (N, 1) -> a memory entry.
+        """features (W, D, h, w), mask logits (N, 1, H, W) at input resolution and object-score logits
+        (N, 1) -> a memory entry. Per class N = W (one row per window and class); shared, N = W * C.
 
         As in Meta's ``SAM2Base._encode_new_memory``: where the score is <= 0 the object (here: the
         class) is absent from the slice, and its entry carries `no_object_embedding`.
         """
         mask = torch.sigmoid(mask_logits) * self.sigmoid_scale + self.sigmoid_bias
-        encoded, position = self.memory_encoder(features, mask)
-        absent = 1.0 - (object_scores > 0).to(encoded.dtype)
-        encoded = encoded + absent.view(-1, 1, 1, 1) * self.no_object_embedding.view(1, -1, 1, 1)
+        absent = 1.0 - (object_scores > 0).to(mask.dtype)
+        if not self.shared_classes:
+            encoded, position = self.memory_encoder(features, mask)
+            encoded = encoded + absent.view(-1, 1, 1, 1) * self.no_object_embedding.view(1, -1, 1, 1)
+            return MemoryEntry(features=encoded, position=position.expand_as(encoded))
+        return self._encode_shared(features, mask, absent.view(-1, self.shared_classes))
+
+    def _encode_shared(self, features: torch.Tensor, mask: torch.Tensor, absent: torch.Tensor) -> MemoryEntry:
+        """features (W, D, h, w), scaled masks (W * C, 1, H, W), absent (W, C) -> one entry per window.
+
+        transformers' ``Sam2VideoMemoryEncoder.forward`` with the class mixing between its mask
+        downsampler and its fuser (tests/test_models.py checks that one class computes what it does)."""
+        assert self.class_mask_weights is not None and self.class_no_object is not None
+        encoder = self.memory_encoder
+        masks = encoder.mask_downsampler(mask).unflatten(0, (-1, self.shared_classes))  # (W, C, D, h, w)
+        mixed = (masks * self.class_mask_weights[None, :, :, None, None]).sum(dim=1)
+        encoded = encoder.projection(encoder.memory_fuser(encoder.feature_projection(features) + mixed))
+        position = encoder.position_encoding(encoded.shape, encoded.device, encoded.dtype)
+        encoded = encoded + (absent @ self.class_no_object / self.shared_classes)[:, :, None, None]
         return MemoryEntry(features=encoded, position=position.expand_as(encoded))

@@ -131,14 +131,10 @@ class SAM4EM(SegmentationModel):
         """Both decoding stages for one batch of slices, conditioned on `bank` when given.
 
         Classes are folded into the batch (N = B * C, batch-major) so that each class has its own
-        prompts, its own memory and its own mask, exactly like SAM2 tracks several objects.
+        prompts and its own mask, exactly like SAM2 tracks several objects, and its own memory unless
+        the memory is shared (then the features are conditioned once per slice, before the folding).
         """
-        c = self.num_classes
-        coarse = features.coarse.repeat_interleave(c, dim=0)
-        position = features.position.repeat_interleave(c, dim=0)
-        if self.memory is not None:
-            # Without a bank this is a first slice: SAM2's "no memory" embedding, as at inference.
-            coarse = self.memory.condition(coarse, position, bank if bank is not None else self.memory.new_bank())
+        coarse, position = self._conditioned(features, bank)
         sparse, dense = self.prompt_generator(coarse, position)
         dense = dense + self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         decoder_position = self._decoder_position(coarse)
@@ -150,6 +146,20 @@ class SAM4EM(SegmentationModel):
         stage1 = self._to_image(low1, features.detail if low2 is None else None)
         stage2 = self._to_image(low2, features.detail) if low2 is not None else None
         return SliceOutput(stage1=stage1, stage2=stage2, low_res_stage1=low1, object_score=score)
+
+    def _conditioned(self, features: ImageFeatures, bank: MemoryBank | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coarse features conditioned on `bank` and their position encoding, folded per class (N, D, h, w)."""
+        c = self.num_classes
+        coarse, position = features.coarse, features.position
+        if self.memory is None:
+            return coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
+        # Without a bank this is a first slice: SAM2's "no memory" embedding, as at inference.
+        bank = bank if bank is not None else self.memory.new_bank()
+        if self.memory.shared_classes:  # once per window, then folded
+            coarse = self.memory.condition(coarse, position, bank)
+            return coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
+        coarse, position = coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
+        return self.memory.condition(coarse, position, bank), position
 
     def refine(
         self,
@@ -229,7 +239,9 @@ class SAM4EM(SegmentationModel):
             return
         if output.object_score is None:
             raise ValueError("remember() needs the object scores that SAM4EM's own decode() returns")
-        coarse = features.coarse.repeat_interleave(self.num_classes, dim=0)
+        coarse = features.coarse
+        if not self.memory.shared_classes:
+            coarse = coarse.repeat_interleave(self.num_classes, dim=0)
         logits = output.logits.reshape(-1, 1, self.image_size, self.image_size)
         bank.push(self.memory.encode(coarse, logits, output.object_score))
 

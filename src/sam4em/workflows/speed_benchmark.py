@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ PARTS = {
     "image encoder": ("image_encoder",),
     "enhancer": ("enhancer",),
     "memory attention": ("memory.memory_attention",),
-    "memory encoder": ("memory.memory_encoder",),
+    # A shared memory calls the memory encoder's parts itself (`SliceMemory`), not its forward.
+    "memory encoder": ("memory.memory_encoder", "memory.memory_encoder.mask_downsampler",
+                       "memory.memory_encoder.feature_projection", "memory.memory_encoder.memory_fuser",
+                       "memory.memory_encoder.projection"),
     "prompt generator": ("prompt_generator", "prompt_encoder.mask_embed"),
     # The decoders' high-resolution convolutions run outside their forward, once per slice batch.
     "mask decoders": ("stage1_decoder", "stage2_decoder", "stage1_decoder.conv_s0", "stage1_decoder.conv_s1",
@@ -81,19 +85,24 @@ class SpeedCase:
     batch_size: int
     train_seconds: float
     repeats: int
+    shared_memory: bool = False  # `BuildOptions.shared_memory`: one memory per window, not per class
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} (shared memory)" if self.shared_memory else self.model
 
 
 def speed_cases(device: str) -> list[SpeedCase]:
-    """The models measured on `device` ("cpu" or "cuda")."""
+    """The models measured on `device` ("cpu" or "cuda"): each base with SAM2's per-class memory and the
+    first also with a shared memory."""
     if device.startswith("cuda"):
-        return [
-            # 6 blocks of 16: automatic streams put 6 x 9 windows through each call.
-            SpeedCase(name, device, window=512, slice_size=1024, slices=96, block_size=16, batch_size=16,
+        # 6 blocks of 16: automatic streams put 6 x 9 windows through each call.
+        gpu = partial(SpeedCase, device=device, window=512, slice_size=1024, slices=96, block_size=16, batch_size=16,
                       train_seconds=40.0, repeats=10)
-            for name in ("sam2.1-hiera-tiny", "sam2.1-hiera-base-plus")
-        ]
-    return [SpeedCase("cpu-small", device, window=256, slice_size=512, slices=8, block_size=8, batch_size=8,
-                      train_seconds=25.0, repeats=3)]
+        return [gpu("sam2.1-hiera-tiny"), gpu("sam2.1-hiera-tiny", shared_memory=True), gpu("sam2.1-hiera-base-plus")]
+    cpu = partial(SpeedCase, "cpu-small", device, window=256, slice_size=512, slices=8, block_size=8, batch_size=8,
+                  train_seconds=25.0, repeats=3)
+    return [cpu(), cpu(shared_memory=True)]
 
 
 # -- measurements (run inside the case's own process) ------------------------------------------------
@@ -292,8 +301,9 @@ def measure_case(case: SpeedCase, workdir: Path) -> dict[str, Any]:
 
     device = torch.device(case.device)
     torch.manual_seed(0)
-    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window).eval().to(device)
-    result: dict[str, Any] = {**asdict(case), "classes": CLASSES}
+    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window, shared_memory=case.shared_memory)
+    model = model.eval().to(device)
+    result: dict[str, Any] = {**asdict(case), "label": case.label, "classes": CLASSES}
     result.update(stream_rate(model, case, workdir))
     result["segment_peak_mib"] = _peak_mib(device)
     images = torch.rand(min(8, result["tiles_per_slice"]), 1, case.window, case.window, device=device)
@@ -339,7 +349,7 @@ def speed_table(results: list[dict[str, Any]], machine: str) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['device']} | {r['window']} | {r['slice_size']}² | {r['tiles_per_slice']} | {r['streams']} "
+            f"| {r['label']} | {r['device']} | {r['window']} | {r['slice_size']}² | {r['tiles_per_slice']} | {r['streams']} "
             f"| {r['slices_per_s']:.2f} | {r['windows_per_s']:.2f} | {100 * r['efficiency']:.0f}% "
             f"| {r['encoder_ms']:.1f} | {r['full_ms']:.1f} | {r['ratio']:.2f}x | {r['segment_peak_mib']:.0f} "
             f"| {r['train_steps_per_s']:.2f} ({r['train_batch']}) | {100 * r['train_data_wait']:.0f}% "
@@ -350,7 +360,7 @@ def speed_table(results: list[dict[str, Any]], machine: str) -> str:
     lines += ["| model | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
     for r in results:
         total = sum(r["parts_ms"].values())
-        lines.append(f"| {r['model']} | " + " | ".join(
+        lines.append(f"| {r['label']} | " + " | ".join(
             f"{r['parts_ms'][k]:.1f} ({100 * r['parts_ms'][k] / total:.0f}%)" for k in labels) + " |")
     return "\n".join(lines)
 
@@ -368,9 +378,9 @@ def run_speed_benchmark(*, out_dir: str | os.PathLike[str], device: str | None =
     context = multiprocessing.get_context("spawn")
     results = []
     for case in speed_cases(chosen):
-        print(f"sam4em benchmark --profile speed: {case.model} on {chosen}", flush=True)
-        result_file = out / f"speed_{case.model}.json"
-        run_in_process(context, _case_worker, (case, result_file), case.model)
+        print(f"sam4em benchmark --profile speed: {case.label} on {chosen}", flush=True)
+        result_file = out / f"speed_{case.model}{'_shared' if case.shared_memory else ''}.json"
+        run_in_process(context, _case_worker, (case, result_file), case.label)
         results.append(json.loads(result_file.read_text()))
     write_json(out / "speed.json", results, overwrite=True)
     report = out / "speed.md"

@@ -1,0 +1,107 @@
+"""A memory shared by the classes (`BuildOptions.shared_memory`): one entry per window, read by one
+memory attention per window; with one class it computes exactly what SAM2's per-class memory does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam4em.models import build_model, load_model, save_model
+from sam4em.training.config import config_from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _moved(model, seed: int):
+    """`model` with every weight moved away from its initialisation (the classes' prompts differ, and the
+    object-absent embeddings are no longer zero), in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def shared3():
+    return _moved(build_model("test-tiny", 3, pretrained=False, shared_memory=True), 1)
+
+
+def _slices(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_with_one_class_the_shared_memory_is_sam2s():
+    per_class = _moved(build_model("test-tiny", 1, pretrained=False), 2)
+    shared = build_model("test-tiny", 1, pretrained=False, shared_memory=True).eval()
+    state = per_class.state_dict()
+    state["memory.class_mask_weights"] = torch.ones_like(shared.memory.class_mask_weights)
+    state["memory.class_no_object"] = state["memory.no_object_embedding"].reshape(1, -1)
+    shared.load_state_dict(state)
+    clip = _slices(5, 3).view(1, 5, 1, 64, 64)  # 5 slices: the last ones read a bank of several entries
+    with torch.no_grad():
+        expected, got = per_class.forward_clip(clip).logits, shared.forward_clip(clip).logits
+        without_memory = per_class.decode(per_class.encode(clip[:, -1])).logits
+    assert not torch.allclose(expected[:, -1], without_memory, atol=1e-4)  # the memory is read
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_memory_attention_runs_once_per_window_and_the_bank_holds_one_row_per_window(shared3):
+    rows = []
+    hook = shared3.memory.memory_attention.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["current_vision_features"].shape[1]), with_kwargs=True
+    )
+    bank = shared3.new_memory_bank()
+    try:
+        with torch.no_grad():
+            for seed in range(3):
+                out = shared3(_slices(2, 10 + seed), bank)
+    finally:
+        hook.remove()
+    assert rows == [2, 2]  # the first slice has no memory to attend to
+    assert [entry.features.shape[0] for entry in bank.entries] == [2, 2, 2]
+    assert out.logits.shape == (2, 3, 64, 64)
+
+
+def test_each_class_mask_enters_the_entry_through_its_weight_row(shared3):
+    memory = shared3.memory
+    with torch.no_grad():
+        features = shared3.encode(_slices(1, 20)).coarse
+        logits = 4.0 * torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(21))
+        other = logits.clone()
+        other[1] = -other[1]  # class 1 predicted elsewhere
+        scores = torch.ones(3, 1)
+        assert not torch.allclose(memory.encode(features, logits, scores).features,
+                                  memory.encode(features, other, scores).features)  # fmt: skip
+        weights = memory.class_mask_weights.detach().clone()
+        memory.class_mask_weights[1] = 0.0
+        unweighted = memory.encode(features, logits, scores).features, memory.encode(features, other, scores).features
+        memory.class_mask_weights.copy_(weights)
+    assert torch.equal(*unweighted)
+
+
+def test_each_absent_class_adds_its_own_embedding(shared3):
+    memory = shared3.memory
+    with torch.no_grad():
+        features = shared3.encode(_slices(1, 30)).coarse
+        logits = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(31))
+        present = memory.encode(features, logits, torch.ones(3, 1))
+        entry = memory.encode(features, logits, torch.tensor([[1.0], [-1.0], [0.0]]))  # classes 1 and 2 absent
+    shift = (memory.class_no_object[1] + memory.class_no_object[2]).detach() / 3
+    torch.testing.assert_close(entry.features - present.features, shift.view(1, -1, 1, 1).expand_as(entry.features))
+    assert torch.equal(entry.position, present.position)
+
+
+def test_a_saved_shared_memory_model_loads_as_one(shared3, tmp_path):
+    save_model(shared3, tmp_path / "run")
+    loaded = load_model(tmp_path / "run").eval()
+    assert loaded.info.build_options.shared_memory and loaded.memory.shared_classes == 3
+    clip = _slices(3, 40).view(1, 3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_clip(clip).logits, shared3.forward_clip(clip).logits)
+
+
+def test_a_training_config_asks_for_it_under_model():
+    config = config_from_dict({"classes": "a=1,b=2", "volumes": [{"image": "x.tif", "labels": "y.tif"}],
+                               "model": {"base": "test-tiny", "shared_memory": True}})  # fmt: skip
+    assert config.model.build.shared_memory
