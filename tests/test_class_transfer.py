@@ -9,7 +9,7 @@ import tifffile
 import torch
 
 from sam4em.models import build_model, load_model
-from sam4em.models.class_transfer import PER_CLASS_TENSORS, state_for_classes
+from sam4em.models.class_transfer import DETAIL_FUSE, PER_CLASS_TENSORS, state_for_classes
 from sam4em.models.serialization import save_model
 from sam4em.training.config import config_from_dict
 from sam4em.training.trainer import train
@@ -108,3 +108,25 @@ def test_unnamed_classes_are_taken_in_order_and_must_match_in_number(generalist)
     assert state_for_classes(source, (), named) is source  # a run saved without class names
     with pytest.raises(ValueError, match="as many classes"):
         state_for_classes(source, ("glia", "mito"), build_model("test-tiny", 1, pretrained=False))
+
+
+@pytest.mark.parametrize(
+    ("source_joint", "source_classes", "target_joint", "taken"),
+    [(False, ["glia", "mito"], False, True), (True, ["mito", "synapse"], True, True),
+     (False, ["glia", "mito"], True, False), (True, ["glia", "mito"], True, False), (True, ["mito", "synapse"], False, False)],
+)
+def test_a_detail_fuse_is_taken_only_where_it_means_the_same(source_joint, source_classes, target_joint, taken):
+    """Per class the fuse is class-agnostic; joint it has a channel per class, so it is taken only for the
+    same classes in the same order. The detail stem is always taken."""
+    source = build_model("test-tiny", class_names=source_classes, pretrained=False, joint_detail=source_joint)
+    with torch.no_grad():
+        for parameter in source.detail_head.parameters():
+            parameter.add_(1.0)
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, joint_detail=target_joint)
+    fresh = target.state_dict()
+    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    target.load_state_dict(state, strict=True)
+    origin = source.state_dict() if taken else fresh
+    assert all(torch.equal(state[key], origin[key]) for key in DETAIL_FUSE)
+    stem = [key for key in state if key.startswith("detail_head.stem.")]
+    assert stem and all(torch.equal(state[key], source.state_dict()[key]) for key in stem)

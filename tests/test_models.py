@@ -298,23 +298,27 @@ def test_multimask_fallback_is_an_option_saved_with_the_model(tmp_path):
     assert loaded.stage1_decoder.dynamic_multimask_via_stability and loaded.stage2_decoder.dynamic_multimask_via_stability
 
 
-def test_detail_head_values_do_not_depend_on_its_memory_layout():
+@pytest.mark.parametrize("joint", [False, True])
+def test_detail_head_values_do_not_depend_on_its_memory_layout(joint):
     """The fuse runs channels-last for speed; its result equals the plain convolution of the
-    concatenated features (image detail repeated per class)."""
+    concatenated features: the image detail with one class's logits per pass, or, joint, with every
+    class's logits as channels."""
     import torch.nn.functional as F
 
     from sam4em.models.detail_head import DetailHead
 
     torch.manual_seed(0)
-    head = DetailHead(channels=4).eval()
+    head = DetailHead(channels=4, classes=3 if joint else 1).eval()
     for parameter in head.parameters():
         torch.nn.init.normal_(parameter)
     images, low_res = torch.rand(2, 1, 32, 32), torch.randn(6, 1, 8, 8)  # 2 windows, 3 classes
     with torch.no_grad():
         detail = head.stem(images)
-        up = F.interpolate(low_res, size=(32, 32), mode="bilinear", align_corners=False)
+        per_pass = 3 if joint else 1
+        up = F.interpolate(low_res.view(-1, per_pass, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)
+        detail = detail.repeat_interleave(up.shape[0] // 2, 0)
         first, _, last = head.fuse
-        hidden = F.gelu(F.conv2d(torch.cat([detail.repeat_interleave(3, 0), up], 1), first.weight, first.bias, padding=1))
-        expected = up + F.conv2d(hidden, last.weight, last.bias)
-        out = head(detail, low_res)
+        hidden = F.gelu(F.conv2d(torch.cat([detail, up], 1), first.weight, first.bias, padding=1))
+        expected = (up + F.conv2d(hidden, last.weight, last.bias)).reshape(6, 1, 32, 32)
+        out = head(detail[:: up.shape[0] // 2], low_res)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -12,9 +12,9 @@ from sam4em.workflows.speed_benchmark import PARTS, part_times, speed_cases
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("shared_memory", [False, True])
-def test_every_part_is_timed_and_nothing_twice(shared_memory: bool) -> None:
-    model = build_model("test-tiny", 3, pretrained=False, shared_memory=shared_memory).eval()
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_part_is_timed_and_nothing_twice(shared: bool) -> None:
+    model = build_model("test-tiny", 3, pretrained=False, shared_memory=shared, joint_detail=shared).eval()
     for paths in PARTS.values():
         for path in paths:
             model.get_submodule(path)  # a renamed module would silently time as 0 ms
@@ -28,9 +28,9 @@ def test_every_part_is_timed_and_nothing_twice(shared_memory: bool) -> None:
 
 
 def test_cases_follow_the_device() -> None:
-    assert [c.label for c in speed_cases("cpu")] == ["cpu-small", "cpu-small (shared memory)"]
+    assert [c.label for c in speed_cases("cpu")] == ["cpu-small", "cpu-small (shared memory, joint detail)"]
     assert [c.label for c in speed_cases("cuda")] == [
-        "sam2.1-hiera-tiny", "sam2.1-hiera-tiny (shared memory)", "sam2.1-hiera-base-plus"
+        "sam2.1-hiera-tiny", "sam2.1-hiera-tiny (shared memory, joint detail)", "sam2.1-hiera-base-plus"
     ]
     assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
 

@@ -277,7 +277,7 @@ def test_the_next_slice_is_read_while_the_model_runs(model, volume, monkeypatch)
 
 def test_streams_with_a_shared_memory_equal_one_block_at_a_time(tmp_path, raw_path, decisive_tiny_model):
     """A shared memory keeps one bank row per window (not one per class): streams leave the batch by it."""
-    model = decisive_tiny_model(CLASSES, shared_memory=True)
+    model = decisive_tiny_model(CLASSES, shared_memory=True, joint_detail=True)
     alone = run(raw_path, tmp_path / "alone.zarr", model, direction="forward", streams=1, batch_size=3)
     together = run(raw_path, tmp_path / "together.zarr", model, direction="forward", streams=3, batch_size=3)
     assert alone.std() > 1e-3

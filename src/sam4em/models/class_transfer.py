@@ -3,6 +3,11 @@ EM generalists): every weight is class-agnostic except the per-class tensors of 
 and of a shared memory, whose first axis is the class. Those take the row of the class of the same
 name, and keep the new model's own initialisation for classes the trained one did not have (and all
 of it where only one of the two models has the tensor: a shared memory meets a per-class one).
+
+A joint detail head's fuse has a channel per class on two axes. It is taken whole where both heads
+work per class (then it is class-agnostic) or both are joint for the same classes in the same order;
+otherwise the new model keeps its own fuse (its zero-initialised output layer: plain upsampling at
+first), and only the detail stem comes from the trained model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ __all__ = ["PER_CLASS_TENSORS", "state_for_classes"]
 PER_CLASS_TENSORS = (
     "prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights", "memory.class_no_object"
 )
+#: The detail head's fuse (`DetailHead`): class-agnostic per class, one channel per class when joint.
+DETAIL_FUSE = ("detail_head.fuse.0.weight", "detail_head.fuse.0.bias", "detail_head.fuse.2.weight", "detail_head.fuse.2.bias")
 
 
 def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[str], model: SAM4EM) -> dict[str, torch.Tensor]:
@@ -46,4 +53,18 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
             if name in source_classes:
                 rows[index] = state[key][list(source_classes).index(name)]
         remapped[key] = rows
+    if not _same_detail_fuse(state, source_classes, own, target_classes):
+        remapped.update({key: own[key] for key in DETAIL_FUSE if key in own})
     return remapped
+
+
+def _same_detail_fuse(
+    state: dict[str, torch.Tensor], source_classes: Sequence[str], own: dict[str, torch.Tensor], target_classes: Sequence[str]
+) -> bool:
+    """Whether the trained fuse means the same in the new model: both per class, or joint for the same classes."""
+    key = "detail_head.fuse.2.weight"  # (logits per pass, F, 1, 1)
+    if key not in state or key not in own:
+        return True  # a model without a detail head: nothing to keep or drop
+    if state[key].shape != own[key].shape:
+        return False  # one joint, the other per class (or joint for another number of classes)
+    return own[key].shape[0] == 1 or tuple(source_classes) == tuple(target_classes)

@@ -121,7 +121,7 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOption
         stage1_decoder=stage1,
         stage2_decoder=stage2,
         enhancer=FeatureEnhancer(channels=dim) if options.enhancer else None,
-        detail_head=DetailHead() if options.detail_head else None,
+        detail_head=DetailHead(classes=options.num_classes if options.joint_detail else 1) if options.detail_head else None,
         memory=_memory(sam2, options) if options.memory else None,
         info=info,
     )

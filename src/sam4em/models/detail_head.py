@@ -5,6 +5,11 @@ membranes, synaptic clefts and the rims of small mitochondria are only a few pix
 blur. A light convolutional stem on the full-resolution slice is fused with the upsampled logits and
 adds a residual correction. The last layer is zero-initialised, so a pretrained SAM2 starts out
 exactly as it was.
+
+Per class (the default), the fuse runs once per class with that class's logits. Joint
+(`BuildOptions.joint_detail`), it runs once per window with every class's logits as channels and
+returns a correction per class: a third of the full-resolution work with three classes, and each
+class's refinement sees the others'. With one class the two are the same head.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ class DetailHead(nn.Module):
     """`stem(images (B, 1, S, S))` -> detail features (B, F, S, S), computed once per slice;
     `forward(detail, low_res (B * C, 1, S/4, S/4))` -> logits (B * C, 1, S, S).
 
-    Eight channels keep the full-resolution convolutions cheap next to the image encoder.
+    `classes`: the logits one pass of the fuse takes and corrects: 1 (per class: the classes are folded
+    into the batch) or C (joint). Eight channels keep the full-resolution convolutions cheap next to
+    the image encoder.
     """
 
-    def __init__(self, *, channels: int = 8) -> None:
+    def __init__(self, *, channels: int = 8, classes: int = 1) -> None:
         super().__init__()
+        self.classes = classes
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, padding=1),
             nn.GroupNorm(2, channels),
@@ -31,17 +39,18 @@ class DetailHead(nn.Module):
             nn.GroupNorm(2, channels),
             nn.GELU(),
         )
-        fuse_out = nn.Conv2d(channels, 1, kernel_size=1)
-        self.fuse = nn.Sequential(nn.Conv2d(channels + 1, channels, kernel_size=3, padding=1), nn.GELU(), fuse_out)
+        fuse_out = nn.Conv2d(channels, classes, kernel_size=1)
+        self.fuse = nn.Sequential(nn.Conv2d(channels + classes, channels, kernel_size=3, padding=1), nn.GELU(), fuse_out)
         for parameter in fuse_out.parameters():
             nn.init.zeros_(parameter)
 
     def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(low_res, size=detail.shape[-2:], mode="bilinear", align_corners=False)
-        detail = detail.repeat_interleave(low_res.shape[0] // detail.shape[0], dim=0)
+        size = detail.shape[-2:]
+        up = F.interpolate(low_res.view(-1, self.classes, *low_res.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+        detail = detail.repeat_interleave(up.shape[0] // detail.shape[0], dim=0)
         # Channels-last: with a few channels at full resolution, oneDNN's default-layout convolutions
         # spend most of their time converting layouts (the fuse took 46 ms per 256-pixel window with 3
         # classes on the 2-core CPU, 27 ms channels-last; docs/benchmarks.md). The same values within
         # float rounding (about 1e-6: the convolution sums in another order).
         fused = torch.cat([detail, up], dim=1).contiguous(memory_format=torch.channels_last)
-        return up + self.fuse(fused)  # one channel: channels-last and default strides coincide
+        return (up + self.fuse(fused)).contiguous().view(-1, 1, *size)

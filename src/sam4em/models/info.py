@@ -45,6 +45,8 @@ class BuildOptions:
     # One memory per window shared by the classes (memory attention once per window) instead of SAM2's
     # one per object, i.e. per class (`sam4em.models.memory`). Runs saved before it existed are per class.
     shared_memory: bool = False
+    # The detail head refines every class in one pass, not one pass per class (`sam4em.models.detail_head`).
+    joint_detail: bool = False
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
     multimask_fallback: bool = False

@@ -74,8 +74,8 @@ class ModelConfig:
 
 #: The `BuildOptions` fields a config sets under ``model:`` (the others: `METHODS` and ``classes``).
 CONFIGURABLE_BUILD_OPTIONS = (
-    "image_size", "lora_rank", "lora_alpha", "decoder_lora", "memory_capacity", "shared_memory", "finetune",
-    "multimask_fallback",
+    "image_size", "lora_rank", "lora_alpha", "decoder_lora", "memory_capacity", "shared_memory", "joint_detail",
+    "finetune", "multimask_fallback",
 )
 
 

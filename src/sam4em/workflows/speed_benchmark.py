@@ -1,8 +1,9 @@
 """`sam4em benchmark --profile speed`: how fast SAM4EM runs where users run it (issue 14).
 
-Per model (``cpu-small`` on a CPU; ``sam2.1-hiera-tiny`` and ``sam2.1-hiera-base-plus`` on CUDA),
-each in a fresh process so that its peak memory is its own, with random weights (speed does not
-depend on them) and 3 classes:
+Per model (``cpu-small`` on a CPU; ``sam2.1-hiera-tiny`` and ``sam2.1-hiera-base-plus`` on CUDA; the
+first of them twice: as SAM2 runs objects, and with the memory and the detail head shared by the
+classes, `BuildOptions.shared_memory` and ``joint_detail``), each in a fresh process so that its peak
+memory is its own, with random weights (speed does not depend on them) and 3 classes:
 
 - **end to end**: slices/s of :func:`sam4em.inference.streaming.segment_to_file` on a random uint8
   Zarr volume, both z-directions, float16 probabilities, default tiling (halo 1/8 of the window);
@@ -85,24 +86,25 @@ class SpeedCase:
     batch_size: int
     train_seconds: float
     repeats: int
-    shared_memory: bool = False  # `BuildOptions.shared_memory`: one memory per window, not per class
+    # `BuildOptions.shared_memory` and `joint_detail`: the memory and the detail head once per window, not per class
+    shared: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.model} (shared memory)" if self.shared_memory else self.model
+        return f"{self.model} (shared memory, joint detail)" if self.shared else self.model
 
 
 def speed_cases(device: str) -> list[SpeedCase]:
-    """The models measured on `device` ("cpu" or "cuda"): each base with SAM2's per-class memory and the
-    first also with a shared memory."""
+    """The models measured on `device` ("cpu" or "cuda"): each base as SAM2 runs objects (memory and detail
+    head per class), and the first also with both shared by the classes."""
     if device.startswith("cuda"):
         # 6 blocks of 16: automatic streams put 6 x 9 windows through each call.
         gpu = partial(SpeedCase, device=device, window=512, slice_size=1024, slices=96, block_size=16, batch_size=16,
                       train_seconds=40.0, repeats=10)
-        return [gpu("sam2.1-hiera-tiny"), gpu("sam2.1-hiera-tiny", shared_memory=True), gpu("sam2.1-hiera-base-plus")]
+        return [gpu("sam2.1-hiera-tiny"), gpu("sam2.1-hiera-tiny", shared=True), gpu("sam2.1-hiera-base-plus")]
     cpu = partial(SpeedCase, "cpu-small", device, window=256, slice_size=512, slices=8, block_size=8, batch_size=8,
                   train_seconds=25.0, repeats=3)
-    return [cpu(), cpu(shared_memory=True)]
+    return [cpu(), cpu(shared=True)]
 
 
 # -- measurements (run inside the case's own process) ------------------------------------------------
@@ -301,7 +303,8 @@ def measure_case(case: SpeedCase, workdir: Path) -> dict[str, Any]:
 
     device = torch.device(case.device)
     torch.manual_seed(0)
-    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window, shared_memory=case.shared_memory)
+    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window, shared_memory=case.shared,
+                        joint_detail=case.shared)
     model = model.eval().to(device)
     result: dict[str, Any] = {**asdict(case), "label": case.label, "classes": CLASSES}
     result.update(stream_rate(model, case, workdir))
@@ -379,7 +382,7 @@ def run_speed_benchmark(*, out_dir: str | os.PathLike[str], device: str | None =
     results = []
     for case in speed_cases(chosen):
         print(f"sam4em benchmark --profile speed: {case.label} on {chosen}", flush=True)
-        result_file = out / f"speed_{case.model}{'_shared' if case.shared_memory else ''}.json"
+        result_file = out / f"speed_{case.model}{'_shared' if case.shared else ''}.json"
         run_in_process(context, _case_worker, (case, result_file), case.label)
         results.append(json.loads(result_file.read_text()))
     write_json(out / "speed.json", results, overwrite=True)
