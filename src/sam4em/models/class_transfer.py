@@ -18,7 +18,7 @@ import torch
 
 from sam4em.models.sam4em import SAM4EM
 
-__all__ = ["PER_CLASS_TENSORS", "state_for_classes"]
+__all__ = ["DETAIL_FUSE", "PER_CLASS_TENSORS", "state_for_classes"]
 
 #: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`;
 #: the class mixing of a shared memory: `SliceMemory`).

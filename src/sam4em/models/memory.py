@@ -55,7 +55,8 @@ class MemoryBank:
         """Keep only the windows where `keep` (bool, one per window the entries were made for) is set.
 
         Entries hold one row per window and class (N = B * C, window-major, as SAM4EM folds classes
-        into the batch), so each window's C rows go or stay together. This is how a stream that has
+        into the batch), so each window's C rows go or stay together; a shared memory holds one row
+        per window. This is how a stream that has
         finished leaves a batch of streams advanced in lockstep (`sam4em.inference.predictor`).
         """
         if not self.entries:
@@ -148,8 +149,9 @@ class SliceMemory(nn.Module):
         return out.reshape(n, h * w, d).transpose(1, 2).reshape(n, d, h, w)
 
     def encode(self, features: torch.Tensor, mask_logits: torch.Tensor, object_scores: torch.Tensor) -> MemoryEntry:
-        """features (W, D, h, w), mask logits (N, 1, H, W) at input resolution and object-score logits
-        (N, 1) -> a memory entry. Per class N = W (one row per window and class); shared, N = W * C.
+        """features (R, D, h, w), mask logits (N, 1, H, W) at input resolution and object-score logits
+        (N, 1) -> a memory entry of R rows. Per class, R = N: a row per window and class; shared, a row
+        per window and N = R * C (each window's classes in turn).
 
         As in Meta's ``SAM2Base._encode_new_memory``: where the score is <= 0 the object (here: the
         class) is absent from the slice, and its entry carries `no_object_embedding`.
@@ -166,7 +168,7 @@ class SliceMemory(nn.Module):
         """features (W, D, h, w), scaled masks (W * C, 1, H, W), absent (W, C) -> one entry per window.
 
         transformers' ``Sam2VideoMemoryEncoder.forward`` with the class mixing between its mask
-        downsampler and its fuser (tests/test_models.py checks that one class computes what it does)."""
+        downsampler and its fuser (tests/test_shared_memory.py checks that one class computes what it does)."""
         assert self.class_mask_weights is not None and self.class_no_object is not None
         encoder = self.memory_encoder
         masks = encoder.mask_downsampler(mask).unflatten(0, (-1, self.shared_classes))  # (W, C, D, h, w)

@@ -15,6 +15,8 @@ then segment the same test crop. Methods:
 - ``sam4em-gen-init``: the whole generalist model, not only its encoder (``init_from`` its last part's
   run: decoders, enhancer, detail head; prompts of a class of the same name), every weight trained. The
   generalist trains the 2D stage only, so its memory is still at its initialisation.
+- ``sam4em-scratch-shared`` / ``sam4em-gen-init-shared``: the same two with the memory and the detail
+  head shared by the classes (``model.shared_memory`` and ``model.joint_detail``).
 
 Annotation: N evenly spaced slices of the training part (`labelled_slices`), plus one annotated slice
 in the middle of the validation block for model selection (the same for every method and N); "all"
@@ -55,6 +57,8 @@ CURVE_METHODS: dict[str, dict[str, Any]] = {
     "sam4em-gen": {"method": "sam4em", "encoder": "generalist", "finetune": "lora"},
     "sam4em-gen-full": {"method": "sam4em", "encoder": "generalist", "finetune": "full"},
     "sam4em-gen-init": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True},
+    "sam4em-scratch-shared": {"method": "sam4em", "shared": True},
+    "sam4em-gen-init-shared": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True, "shared": True},
 }
 # The generalist encoder of a target dataset: SAM4EM trained on these datasets' annotated training parts
 # (all labels, 2D stage), one after another, each continuing from the encoder the one before left;
@@ -161,7 +165,8 @@ def finetune_config(
     volume = {**plan.training_volume(_VAL_FRACTION[plan.name]), "labelled_slices": slices}
     return {
         "method": spec["method"], "classes": plan.classes, "volumes": [volume],
-        "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune")},
+        "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune"),
+                  "shared_memory": spec.get("shared", False), "joint_detail": spec.get("shared", False)},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds, "layer_decay": spec.get("layer_decay", 1.0)},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5, "clip_length": plan.clip_length,
