@@ -17,7 +17,7 @@ from sam4em.training.trainer import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
-MIXING_TENSORS = ("memory.class_mask_weights", "memory.class_no_object")
+MIXING_TENSORS = ("memory.class_mask_weights", "memory.no_object_embedding")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,9 @@ def test_a_shared_memory_takes_its_class_rows_by_name_too(tmp_path):
 
 @pytest.mark.parametrize("source_shared", [True, False])
 def test_a_model_starts_from_one_with_the_other_memory_layout(generalist, source_shared):
-    """A per-class generalist starts a shared memory (its class mixing keeps its own initialisation), and a
-    shared one starts a per-class memory (its class mixing is left out): every other weight loads."""
+    """A per-class generalist starts a shared memory: its one object-absent embedding serves every class,
+    the class mixing keeps its own initialisation. A shared one starts a per-class memory, which keeps
+    its own object-absent embedding. Every other weight loads."""
     if source_shared:
         source = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, shared_memory=True)
         with torch.no_grad():
@@ -70,13 +71,17 @@ def test_a_model_starts_from_one_with_the_other_memory_layout(generalist, source
     else:
         source = load_model(generalist)
     target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=not source_shared)
-    fresh = target.state_dict()
-    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    fresh, trained = target.state_dict(), source.state_dict()
+    state = state_for_classes(trained, source.info.class_names, target)
     target.load_state_dict(state, strict=True)
-    assert all((key in state) == (not source_shared) for key in MIXING_TENSORS)
-    assert all(torch.equal(state[key], fresh[key]) for key in MIXING_TENSORS if key in state)
-    assert torch.equal(state["memory.memory_encoder.projection.weight"],
-                       source.state_dict()["memory.memory_encoder.projection.weight"])
+    no_object = state["memory.no_object_embedding"]
+    if source_shared:
+        assert "memory.class_mask_weights" not in state and torch.equal(no_object, fresh["memory.no_object_embedding"])
+    else:
+        assert torch.equal(state["memory.class_mask_weights"], fresh["memory.class_mask_weights"])
+        assert no_object.shape == (2, trained["memory.no_object_embedding"].shape[1])
+        assert all(torch.equal(row, trained["memory.no_object_embedding"][0]) for row in no_object)
+    assert torch.equal(state["memory.memory_encoder.projection.weight"], trained["memory.memory_encoder.projection.weight"])
 
 
 def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):

@@ -24,7 +24,7 @@ def _moved(model, seed: int):
 
 @pytest.fixture(scope="module")
 def shared3():
-    return _moved(build_model("test-tiny", 3, pretrained=False, shared_memory=True), 1)
+    return _moved(build_model("test-tiny", 3, pretrained=False, shared_memory=True, joint_detail=True), 1)
 
 
 def _slices(n: int, seed: int) -> torch.Tensor:
@@ -36,7 +36,6 @@ def test_with_one_class_the_shared_memory_is_sam2s():
     shared = build_model("test-tiny", 1, pretrained=False, shared_memory=True).eval()
     state = per_class.state_dict()
     state["memory.class_mask_weights"] = torch.ones_like(shared.memory.class_mask_weights)
-    state["memory.class_no_object"] = state["memory.no_object_embedding"].reshape(1, -1)
     shared.load_state_dict(state)
     clip = _slices(5, 3).view(1, 5, 1, 64, 64)  # 5 slices: the last ones read a bank of several entries
     with torch.no_grad():
@@ -87,15 +86,39 @@ def test_each_absent_class_adds_its_own_embedding(shared3):
         logits = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(31))
         present = memory.encode(features, logits, torch.ones(3, 1))
         entry = memory.encode(features, logits, torch.tensor([[1.0], [-1.0], [0.0]]))  # classes 1 and 2 absent
-    shift = (memory.class_no_object[1] + memory.class_no_object[2]).detach() / 3
+    shift = (memory.no_object_embedding[1] + memory.no_object_embedding[2]).detach() / 3
     torch.testing.assert_close(entry.features - present.features, shift.view(1, -1, 1, 1).expand_as(entry.features))
     assert torch.equal(entry.position, present.position)
 
 
-def test_a_saved_shared_memory_model_loads_as_one(shared3, tmp_path):
+def test_windows_encoded_together_equal_each_window_alone(shared3):
+    """Rows are window-major (each window's classes in turn): a slip to class-major would mix windows."""
+    memory = shared3.memory
+    with torch.no_grad():
+        features = shared3.encode(_slices(2, 50)).coarse
+        logits = 4.0 * torch.randn(6, 1, 64, 64, generator=torch.Generator().manual_seed(51))
+        scores = torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0], [-1.0]])
+        together = memory.encode(features, logits, scores).features
+        alone = [memory.encode(features[[w]], logits[3 * w : 3 * w + 3], scores[3 * w : 3 * w + 3]).features for w in (0, 1)]
+    torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=1e-6)
+
+
+def test_every_memory_weight_that_trains_gets_a_gradient():
+    """The 3D stage trains the memory: a trained weight without a gradient would stop DDP."""
+    from sam4em.models import set_trainable
+
+    model = build_model("test-tiny", 3, pretrained=False, shared_memory=True, joint_detail=True)
+    set_trainable(model, finetune="full", memory=True)
+    model.forward_clip(_slices(3, 60).view(1, 3, 1, 64, 64)).logits.sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n.startswith("memory.")]
+    assert unused == []
+
+
+def test_a_saved_shared_model_loads_as_one(shared3, tmp_path):
     save_model(shared3, tmp_path / "run")
     loaded = load_model(tmp_path / "run").eval()
-    assert loaded.info.build_options.shared_memory and loaded.memory.shared_classes == 3
+    options = loaded.info.build_options
+    assert options.shared_memory and options.joint_detail and loaded.memory.shared_classes == 3
     clip = _slices(3, 40).view(1, 3, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.forward_clip(clip).logits, shared3.forward_clip(clip).logits)
@@ -103,5 +126,14 @@ def test_a_saved_shared_memory_model_loads_as_one(shared3, tmp_path):
 
 def test_a_training_config_asks_for_it_under_model():
     config = config_from_dict({"classes": "a=1,b=2", "volumes": [{"image": "x.tif", "labels": "y.tif"}],
-                               "model": {"base": "test-tiny", "shared_memory": True}})  # fmt: skip
-    assert config.model.build.shared_memory
+                               "model": {"base": "test-tiny", "shared_memory": True, "joint_detail": True}})  # fmt: skip
+    assert config.model.build.shared_memory and config.model.build.joint_detail
+
+
+@pytest.mark.parametrize(("method", "option", "part"), [("samed", "shared_memory", "memory"), ("unet2d", "joint_detail", "detail head")])
+def test_a_method_without_the_shared_part_refuses_the_option(method, option, part):
+    from sam4em.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^model.{option}: method {method} has no {part} to share; remove"):
+        config_from_dict({"method": method, "classes": "a=1,b=2", "volumes": [{"image": "x.tif", "labels": "y.tif"}],
+                          "model": {"base": "test-tiny", option: True}})  # fmt: skip

@@ -3,6 +3,9 @@ EM generalists): every weight is class-agnostic except the per-class tensors of 
 and of a shared memory, whose first axis is the class. Those take the row of the class of the same
 name, and keep the new model's own initialisation for classes the trained one did not have (and all
 of it where only one of the two models has the tensor: a shared memory meets a per-class one).
+The object-absent embedding is one row for every class in a per-class memory and a row per class in
+a shared one: a per-class one's row serves every class of a shared one, and a per-class memory
+started from a shared one keeps its own.
 
 A joint detail head's fuse has a channel per class on two axes. It is taken whole where both heads
 work per class (then it is class-agnostic) or both are joint for the same classes in the same order;
@@ -18,13 +21,13 @@ import torch
 
 from sam4em.models.sam4em import SAM4EM
 
-__all__ = ["DETAIL_FUSE", "PER_CLASS_TENSORS", "state_for_classes"]
+__all__ = ["DETAIL_FUSE", "NO_OBJECT", "PER_CLASS_TENSORS", "state_for_classes"]
 
 #: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`;
 #: the class mixing of a shared memory: `SliceMemory`).
-PER_CLASS_TENSORS = (
-    "prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights", "memory.class_no_object"
-)
+PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights")
+#: (1, M) in a per-class memory, (C, M) in a shared one (`SliceMemory`).
+NO_OBJECT = "memory.no_object_embedding"
 #: The detail head's fuse (`DetailHead`): class-agnostic per class, one channel per class when joint.
 DETAIL_FUSE = ("detail_head.fuse.0.weight", "detail_head.fuse.0.bias", "detail_head.fuse.2.weight", "detail_head.fuse.2.bias")
 
@@ -43,19 +46,29 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
     own = model.state_dict()
     remapped = {key: value for key, value in state.items() if key in own or key not in PER_CLASS_TENSORS}
     for key in PER_CLASS_TENSORS:
-        if key not in own:
-            continue
-        if key not in state:
-            remapped[key] = own[key]
-            continue
-        rows = own[key].detach().clone()
-        for index, name in enumerate(target_classes):
-            if name in source_classes:
-                rows[index] = state[key][list(source_classes).index(name)]
-        remapped[key] = rows
+        if key in own:
+            remapped[key] = _rows_by_name(state.get(key), source_classes, own[key], target_classes)
+    if NO_OBJECT in own and NO_OBJECT in state:
+        source, target = state[NO_OBJECT], own[NO_OBJECT]
+        if source.shape[0] == 1:  # a per-class memory's: the same embedding for every class
+            remapped[NO_OBJECT] = source.expand_as(target).clone()
+        else:
+            remapped[NO_OBJECT] = _rows_by_name(source, source_classes, target, target_classes) if target.shape[0] > 1 else target
     if not _same_detail_fuse(state, source_classes, own, target_classes):
         remapped.update({key: own[key] for key in DETAIL_FUSE if key in own})
     return remapped
+
+
+def _rows_by_name(
+    source: torch.Tensor | None, source_classes: Sequence[str], own: torch.Tensor, target_classes: Sequence[str]
+) -> torch.Tensor:
+    """`own` (C, ...) with the row of each class that `source` (one row per source class) also has."""
+    rows = own.detach().clone()
+    if source is not None:
+        for index, name in enumerate(target_classes):
+            if name in source_classes:
+                rows[index] = source[list(source_classes).index(name)]
+    return rows
 
 
 def _same_detail_fuse(

@@ -8,8 +8,9 @@ exactly as it was.
 
 Per class (the default), the fuse runs once per class with that class's logits. Joint
 (`BuildOptions.joint_detail`), it runs once per window with every class's logits as channels and
-returns a correction per class: a third of the full-resolution work with three classes, and each
-class's refinement sees the others'. With one class the two are the same head.
+returns a correction per class: with three classes its first convolution reads 11 full-resolution
+channels once instead of 9 three times, and each class's refinement sees the others'. With one class
+the two are the same head.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class DetailHead(nn.Module):
     def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
         size = detail.shape[-2:]
         up = F.interpolate(low_res.view(-1, self.classes, *low_res.shape[-2:]), size=size, mode="bilinear", align_corners=False)
-        detail = detail.repeat_interleave(up.shape[0] // detail.shape[0], dim=0)
+        if up.shape[0] != detail.shape[0]:  # per class: the slice's detail for each of its classes
+            detail = detail.repeat_interleave(up.shape[0] // detail.shape[0], dim=0)
         # Channels-last: with a few channels at full resolution, oneDNN's default-layout convolutions
         # spend most of their time converting layouts (the fuse took 46 ms per 256-pixel window with 3
         # classes on the 2-core CPU, 27 ms channels-last; docs/benchmarks.md). The same values within

@@ -51,6 +51,11 @@ class BuildOptions:
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
     multimask_fallback: bool = False
 
+    def __post_init__(self) -> None:
+        for option, part in (("shared_memory", "memory"), ("joint_detail", "detail_head")):
+            if getattr(self, option) and not getattr(self, part):
+                raise ValueError(f"{option}=True needs {part}=True: a model without a {part.replace('_', ' ')} has none to share")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

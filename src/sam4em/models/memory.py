@@ -86,9 +86,9 @@ class SliceMemory(nn.Module):
     `shared_classes` C > 0 makes one memory per window for C classes (module docstring): `condition`
     and `encode` then take one row of features per window, and `encode` takes the C classes' masks
     and scores of each window (window-major). `class_mask_weights` (C, D) weighs each class's
-    downsampled mask before they are summed (1/C at first: their mean), and `class_no_object` (C, M)
-    is each class's object-absent embedding (each starts as `no_object_embedding`; the sum of the
-    absent classes' rows, divided by C, is added).
+    downsampled mask before they are summed (1/C at first: their mean), and `no_object_embedding`
+    becomes (C, M), a row per class, each starting as the one given; the sum of the absent classes'
+    rows, divided by C, is added.
     """
 
     def __init__(
@@ -114,17 +114,16 @@ class SliceMemory(nn.Module):
         self.memory_attention = memory_attention
         self.temporal_encoding = temporal_encoding
         self.no_memory_embedding = no_memory_embedding
-        self.no_object_embedding = no_object_embedding
         self.capacity = capacity
         self.sigmoid_scale = sigmoid_scale
         self.sigmoid_bias = sigmoid_bias
         self.shared_classes = shared_classes
+        self.no_object_embedding = no_object_embedding
         self.class_mask_weights: nn.Parameter | None = None
-        self.class_no_object: nn.Parameter | None = None
         if shared_classes:
             mask_channels = memory_encoder.feature_projection.out_channels
             self.class_mask_weights = nn.Parameter(torch.full((shared_classes, mask_channels), 1.0 / shared_classes))
-            self.class_no_object = nn.Parameter(no_object_embedding.detach().reshape(1, -1).repeat(shared_classes, 1))
+            self.no_object_embedding = nn.Parameter(no_object_embedding.detach().reshape(1, -1).repeat(shared_classes, 1))
 
     def new_bank(self) -> MemoryBank:
         return MemoryBank(capacity=self.capacity)
@@ -169,11 +168,11 @@ class SliceMemory(nn.Module):
 
         transformers' ``Sam2VideoMemoryEncoder.forward`` with the class mixing between its mask
         downsampler and its fuser (tests/test_shared_memory.py checks that one class computes what it does)."""
-        assert self.class_mask_weights is not None and self.class_no_object is not None
+        assert self.class_mask_weights is not None, "made with shared_classes"
         encoder = self.memory_encoder
         masks = encoder.mask_downsampler(mask).unflatten(0, (-1, self.shared_classes))  # (W, C, D, h, w)
         mixed = (masks * self.class_mask_weights[None, :, :, None, None]).sum(dim=1)
         encoded = encoder.projection(encoder.memory_fuser(encoder.feature_projection(features) + mixed))
         position = encoder.position_encoding(encoded.shape, encoded.device, encoded.dtype)
-        encoded = encoded + (absent @ self.class_no_object / self.shared_classes)[:, :, None, None]
+        encoded = encoded + (absent @ self.no_object_embedding / self.shared_classes)[:, :, None, None]
         return MemoryEntry(features=encoded, position=position.expand_as(encoded))

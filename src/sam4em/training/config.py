@@ -119,7 +119,8 @@ class TrainConfig:
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
     loss: LossConfig = field(default_factory=LossConfig)
     # A trained run folder to start from: a stage-1 run when only stage 2 runs, or a generalist trained on
-    # other classes (same base and build options; per-class prompts are taken by class name).
+    # other classes (same base and build options, except that shared_memory and joint_detail may differ;
+    # per-class tensors are taken by class name: `sam4em.models.class_transfer`).
     init_from: str | None = None
     seed: int = 0
     grad_accumulation: int = 1
@@ -282,6 +283,7 @@ def validate(config: TrainConfig) -> None:
     if not config.volumes:
         raise ConfigError("volumes: at least one training volume is needed")
     _check_build_options(config.model.build)
+    _check_class_sharing(config)
     stages = config.stages_to_run
     if stages not in ([1], [2], [1, 2]):
         raise ConfigError(f"stages: expected [1], [2] or [1, 2], got {stages}")
@@ -311,6 +313,15 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"num_workers: must be >= 0 (or unset: chosen by the device), got {config.num_workers}")
     if config.grad_accumulation < 1:
         raise ConfigError("grad_accumulation must be >= 1")
+
+
+def _check_class_sharing(config: TrainConfig) -> None:
+    """Refuse `shared_memory` / `joint_detail` for a method without the part they share."""
+    spec = METHODS[config.method]
+    for option, part in (("shared_memory", "memory"), ("joint_detail", "detail_head")):
+        if getattr(config.model.build, option) and (spec.architecture != "sam2" or not dict(spec.build).get(part, True)):
+            raise ConfigError(f"model.{option}: method {config.method} has no {part.replace('_', ' ')} to share; "
+                              f"remove model.{option} or choose a method with one (sam4em)")
 
 
 def _check_build_options(build: BuildOptions) -> None:
