@@ -3,6 +3,8 @@ it; the per-class prompts are taken by class name, and new classes keep their ow
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -72,7 +74,13 @@ def test_a_model_starts_from_one_with_the_other_memory_layout(generalist, source
         source = load_model(generalist)
     target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=not source_shared)
     fresh, trained = target.state_dict(), source.state_dict()
-    state = state_for_classes(trained, source.info.class_names, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = state_for_classes(trained, source.info.class_names, target)
+    # Only a shared run's class mixing and per-class embeddings have no place in a per-class model.
+    assert [str(w.message).split(": ", 2)[-1] for w in caught] == (
+        ["memory.class_mask_weights, memory.no_object_embedding"] if source_shared else []
+    )
     target.load_state_dict(state, strict=True)
     no_object = state["memory.no_object_embedding"]
     if source_shared:
@@ -129,7 +137,10 @@ def test_a_detail_fuse_is_taken_only_where_it_means_the_same(source_joint, sourc
             parameter.add_(1.0)
     target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, joint_detail=target_joint)
     fresh = target.state_dict()
-    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    assert [str(w.message).split(": ", 2)[-1] for w in caught] == ([] if taken else [", ".join(DETAIL_FUSE)])
     target.load_state_dict(state, strict=True)
     origin = source.state_dict() if taken else fresh
     assert all(torch.equal(state[key], origin[key]) for key in DETAIL_FUSE)

@@ -10,11 +10,13 @@ started from a shared one keeps its own.
 A joint detail head's fuse has a channel per class on two axes. It is taken whole where both heads
 work per class (then it is class-agnostic) or both are joint for the same classes in the same order;
 otherwise the new model keeps its own fuse (its zero-initialised output layer: plain upsampling at
-first), and only the detail stem comes from the trained model.
+first), and only the detail stem comes from the trained model. Trained tensors left unused that way
+are named in a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +47,7 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
         return state
     own = model.state_dict()
     remapped = {key: value for key, value in state.items() if key in own or key not in PER_CLASS_TENSORS}
+    left = [key for key in PER_CLASS_TENSORS if key in state and key not in own]  # trained, with no place here
     for key in PER_CLASS_TENSORS:
         if key in own:
             remapped[key] = _rows_by_name(state.get(key), source_classes, own[key], target_classes)
@@ -52,10 +55,17 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
         source, target = state[NO_OBJECT], own[NO_OBJECT]
         if source.shape[0] == 1:  # a per-class memory's: the same embedding for every class
             remapped[NO_OBJECT] = source.expand_as(target).clone()
+        elif target.shape[0] > 1:
+            remapped[NO_OBJECT] = _rows_by_name(source, source_classes, target, target_classes)
         else:
-            remapped[NO_OBJECT] = _rows_by_name(source, source_classes, target, target_classes) if target.shape[0] > 1 else target
+            remapped[NO_OBJECT], left = target, [*left, NO_OBJECT]
     if not _same_detail_fuse(state, source_classes, own, target_classes):
         remapped.update({key: own[key] for key in DETAIL_FUSE if key in own})
+        left += [key for key in DETAIL_FUSE if key in state]
+    if left:
+        # Not an error (a generalist's other layout is still a good start), but trained weights go unused.
+        warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory or "
+                      f"joint_detail differ) and start afresh: {', '.join(left)}", UserWarning, stacklevel=2)
     return remapped
 
 
