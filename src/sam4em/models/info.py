@@ -20,9 +20,13 @@ from torch import nn
 
 from sam4em.models.memory import MemoryBank
 
-__all__ = ["BaselineOptions", "BuildOptions", "FineTune", "ModelInfo", "SegmentationModel", "class_names_tuple"]
+__all__ = ["SHARED_PARTS", "BaselineOptions", "BuildOptions", "FineTune", "ModelInfo", "SegmentationModel", "class_names_tuple"]
 
 FineTune = Literal["lora", "full"]
+
+
+#: The options that run a part once per window for all classes, and that part's own option.
+SHARED_PARTS = {"shared_memory": "memory", "joint_detail": "detail_head"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class BuildOptions:
     multimask_fallback: bool = False
 
     def __post_init__(self) -> None:
-        for option, part in (("shared_memory", "memory"), ("joint_detail", "detail_head")):
+        for option, part in SHARED_PARTS.items():
             if getattr(self, option) and not getattr(self, part):
                 raise ValueError(f"{option}=True needs {part}=True: a model without a {part.replace('_', ' ')} has none to share")
 

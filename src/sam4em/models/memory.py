@@ -156,15 +156,20 @@ class SliceMemory(nn.Module):
         class) is absent from the slice, and its entry carries `no_object_embedding`.
         """
         mask = torch.sigmoid(mask_logits) * self.sigmoid_scale + self.sigmoid_bias
-        absent = 1.0 - (object_scores > 0).to(mask.dtype)
-        if not self.shared_classes:
+        if self.shared_classes:
+            encoded, position = self._encode_shared(features, mask)
+        else:
             encoded, position = self.memory_encoder(features, mask)
-            encoded = encoded + absent.view(-1, 1, 1, 1) * self.no_object_embedding.view(1, -1, 1, 1)
-            return MemoryEntry(features=encoded, position=position.expand_as(encoded))
-        return self._encode_shared(features, mask, absent.view(-1, self.shared_classes))
+        # Each row of the embedding belongs to one class (one row, for every class, per class).
+        rows = self.no_object_embedding.shape[0]
+        absent = 1.0 - (object_scores > 0).to(encoded.dtype)
+        shift = absent.view(-1, rows) @ self.no_object_embedding.view(rows, -1) / rows
+        encoded = encoded + shift[:, :, None, None]
+        return MemoryEntry(features=encoded, position=position.expand_as(encoded))
 
-    def _encode_shared(self, features: torch.Tensor, mask: torch.Tensor, absent: torch.Tensor) -> MemoryEntry:
-        """features (W, D, h, w), scaled masks (W * C, 1, H, W), absent (W, C) -> one entry per window.
+    def _encode_shared(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (W, D, h, w), scaled masks (W * C, 1, H, W) -> one memory (W, M, h, w) and its position
+        encoding per window.
 
         transformers' ``Sam2VideoMemoryEncoder.forward`` with the class mixing between its mask
         downsampler and its fuser (tests/test_shared_memory.py checks that one class computes what it does)."""
@@ -173,6 +178,4 @@ class SliceMemory(nn.Module):
         masks = encoder.mask_downsampler(mask).unflatten(0, (-1, self.shared_classes))  # (W, C, D, h, w)
         mixed = (masks * self.class_mask_weights[None, :, :, None, None]).sum(dim=1)
         encoded = encoder.projection(encoder.memory_fuser(encoder.feature_projection(features) + mixed))
-        position = encoder.position_encoding(encoded.shape, encoded.device, encoded.dtype)
-        encoded = encoded + (absent @ self.no_object_embedding / self.shared_classes)[:, :, None, None]
-        return MemoryEntry(features=encoded, position=position.expand_as(encoded))
+        return encoded, encoder.position_encoding(encoded.shape, encoded.device, encoded.dtype)

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from sam4em.models import BuildOptions
+from sam4em.models.info import SHARED_PARTS
 from sam4em.training.config_error import ConfigError
 from sam4em.training.methods import METHOD_NAMES, METHODS
 from sam4em.training.presets import fill_unset
@@ -318,7 +319,7 @@ def validate(config: TrainConfig) -> None:
 def _check_class_sharing(config: TrainConfig) -> None:
     """Refuse `shared_memory` / `joint_detail` for a method without the part they share."""
     spec = METHODS[config.method]
-    for option, part in (("shared_memory", "memory"), ("joint_detail", "detail_head")):
+    for option, part in SHARED_PARTS.items():
         if getattr(config.model.build, option) and (spec.architecture != "sam2" or not dict(spec.build).get(part, True)):
             raise ConfigError(f"model.{option}: method {config.method} has no {part.replace('_', ' ')} to share; "
                               f"remove model.{option} or choose a method with one (sam4em)")
