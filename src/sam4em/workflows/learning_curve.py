@@ -320,7 +320,7 @@ def run_learning_curve(
                         arguments = (plans[name], method, slices, train_count, settings, encoder_folder(out, method, name), run_dir, seed)
                         run_in_process(context, _run_worker, arguments, str(run_dir))
                     record = json.loads((run_dir / "result.json").read_text())
-                    print(f"  {name:10s} n={count or 'all':<4} {method:16s} seed {seed} Dice {record['dice']:.3f}  "
+                    print(f"  {name:10s} n={count or 'all':<4} {method:22s} seed {seed} Dice {record['dice']:.3f}  "
                           f"({time.time() - started:.0f} s)", flush=True)
                     write_curve(out, settings, data)
     return write_curve(out, settings, data)
