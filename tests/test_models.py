@@ -300,9 +300,9 @@ def test_multimask_fallback_is_an_option_saved_with_the_model(tmp_path):
 
 @pytest.mark.parametrize("joint", [False, True])
 def test_detail_head_values_do_not_depend_on_its_memory_layout(joint):
-    """The fuse runs channels-last for speed; its result equals the plain convolution of the
-    concatenated features: the image detail with one class's logits per pass, or, joint, with every
-    class's logits as channels."""
+    """The stem and the fuse run channels-last for speed; their results equal the plain convolutions:
+    the stem's of the image in the default layout, the fuse's of the concatenated features (the image
+    detail with one class's logits per pass, or, joint, with every class's logits as channels)."""
     import torch.nn.functional as F
 
     from sam4em.models.detail_head import DetailHead
@@ -314,6 +314,7 @@ def test_detail_head_values_do_not_depend_on_its_memory_layout(joint):
     images, low_res = torch.rand(2, 1, 32, 32), torch.randn(6, 1, 8, 8)  # 2 windows, 3 classes
     with torch.no_grad():
         detail = head.stem(images)
+        torch.testing.assert_close(head.image_detail(images), detail, atol=1e-5, rtol=1e-5)
         per_pass = 3 if joint else 1
         up = F.interpolate(low_res.view(-1, per_pass, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)
         fused = torch.cat([detail.repeat_interleave(up.shape[0] // 2, 0), up], 1)

@@ -19,7 +19,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
 
 from sam4em.models.detail_head import DetailHead
 from sam4em.models.enhancer import FeatureEnhancer
-from sam4em.models.info import BuildOptions, FineTune, ModelInfo, class_names_tuple
+from sam4em.models.info import SHARED_PARTS, BuildOptions, FineTune, ModelInfo, class_names_tuple
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora
 from sam4em.models.memory import SliceMemory
 from sam4em.models.prompt_generator import PromptGenerator, StaticPrompts
@@ -28,7 +28,7 @@ from sam4em.models.sam4em import SAM4EM
 from sam4em.models.trainable import set_trainable
 from sam4em.models.weights import load_sam2_weights
 
-__all__ = ["compose", "sam2_config", "seed_for"]
+__all__ = ["compose", "resolve_options", "sam2_config", "seed_for"]
 
 
 def seed_for(name: str) -> int:
@@ -74,18 +74,16 @@ def compose(
 ) -> SAM4EM:
     """Make the SAM2 parts of `spec`, load pretrained weights from `weights_source`, compose a SAM4EM
     whose `info` declares `spec`, the resolved `options` and `class_names`."""
-    image_size = options.image_size or spec.image_size
-    # Pretrained weights (Meta's or an EM-pretrained encoder) are fine-tuned with LoRA unless told otherwise.
-    finetune: FineTune = options.finetune or ("lora" if weights_source is not None else spec.finetune)
+    options = resolve_options(spec, options, pretrained=weights_source is not None)
     info = ModelInfo(
         base=spec.name,
-        build_options=replace(options, image_size=image_size, finetune=finetune),
+        build_options=options,
         class_names=class_names_tuple(class_names),
         pretrained_base=weights_source is not None,
         weights_source=str(weights_source) if weights_source is not None else None,
     )
     config = sam2_config(
-        spec, image_size=image_size, memory_capacity=options.memory_capacity,
+        spec, image_size=info.image_size, memory_capacity=options.memory_capacity,
         multimask_fallback=options.multimask_fallback,
     )
     with torch.random.fork_rng(devices=[]):
@@ -99,7 +97,21 @@ def compose(
             nn.init.trunc_normal_(sam2.memory_temporal_positional_encoding, std=0.02)
         else:
             load_sam2_weights(sam2, weights_source)
-        return _assemble(sam2, spec, info, finetune=finetune)
+        assert options.finetune is not None  # resolved
+        return _assemble(sam2, spec, info, finetune=options.finetune)
+
+
+def resolve_options(spec: ModelSpec, options: BuildOptions, *, pretrained: bool) -> BuildOptions:
+    """`options` with what they leave to the base filled in: image size, fine-tuning, and whether the
+    classes share the memory and the detail head."""
+    # Pretrained weights (Meta's or an EM-pretrained encoder) are fine-tuned with LoRA unless told otherwise.
+    finetune: FineTune = options.finetune or ("lora" if pretrained else spec.finetune)
+    # Shared on bases trained from scratch: 1.4x faster with 3 classes and ahead of per-class in each of
+    # 18 VNC runs (docs/benchmarks.md, seventh round). Meta's memory was trained per object, so its
+    # bases keep SAM2's layout.
+    shared = {option: not spec.has_pretrained_weights and getattr(options, part)
+              for option, part in SHARED_PARTS.items() if getattr(options, option) is None}
+    return replace(options, image_size=options.image_size or spec.image_size, finetune=finetune, **shared)
 
 
 def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOptions], *, finetune: FineTune) -> SAM4EM:

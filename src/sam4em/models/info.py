@@ -48,9 +48,12 @@ class BuildOptions:
     memory: bool = True
     # One memory per window shared by the classes (memory attention once per window) instead of SAM2's
     # one per object, i.e. per class (`sam4em.models.memory`). Runs saved before it existed are per class.
-    shared_memory: bool = False
+    # None: by the base (`sam4em.models.compose.resolve_options`): shared on bases trained from scratch,
+    # per class on Meta's, whose memory was trained per object.
+    shared_memory: bool | None = None
     # The detail head refines every class in one pass, not one pass per class (`sam4em.models.detail_head`).
-    joint_detail: bool = False
+    # None: by the base, as `shared_memory`.
+    joint_detail: bool | None = None
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
     multimask_fallback: bool = False
@@ -98,8 +101,10 @@ class ModelInfo(Generic[OptionsT]):
     weights_source: str | None = None
 
     def __post_init__(self) -> None:
-        if self.build_options.image_size is None:
-            raise ValueError(f"{self.base}: a model's build options must name its image_size")
+        options = self.build_options
+        unresolved = [name for name in ("image_size", *SHARED_PARTS) if getattr(options, name, 0) is None]
+        if unresolved:
+            raise ValueError(f"{self.base}: a model's build options must name its {' and '.join(unresolved)}")
         if any(not isinstance(name, str) for name in self.class_names):
             raise TypeError(f"class names must be strings, got {self.class_names!r}")
         if self.class_names and len(self.class_names) != self.num_classes:

@@ -144,7 +144,8 @@ def _load_run(path: Path) -> SegmentationModel:
         baseline = UNet3D if record["base"] == "unet3d" else UNet2D
         model = baseline(**record["build"], class_names=class_names)
     else:
-        options = BuildOptions(**record["build"])
+        # Runs saved before the classes could share the memory and the detail head have them per class.
+        options = BuildOptions(**{"shared_memory": False, "joint_detail": False, **record["build"]})
         model = compose(
             get_spec(record["base"]), options, weights_source=record.get("base_weights"), class_names=class_names
         )
