@@ -20,12 +20,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense")
 MIXING_TENSORS = ("memory.class_mask_weights", "memory.no_object_embedding")
+# SAM2's layout (memory and detail fuse per class), which test-tiny, trained from scratch, does not default to.
+PER_CLASS = {"shared_memory": False, "joint_detail": False}
 
 
 @pytest.fixture(scope="module")
 def generalist(tmp_path_factory):
     """A saved test-tiny SAM4EM for (glia, mito) whose every weight moved away from its seeded initialisation."""
-    model = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False)
+    model = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, **PER_CLASS)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -37,7 +39,7 @@ def generalist(tmp_path_factory):
 
 def test_per_class_prompts_follow_the_class_names(generalist):
     source = load_model(generalist)
-    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False)
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, **PER_CLASS)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     state = state_for_classes(source.state_dict(), source.info.class_names, target)
     for key in PROMPT_TENSORS:
@@ -66,13 +68,15 @@ def test_a_model_starts_from_one_with_the_other_memory_layout(generalist, source
     the class mixing keeps its own initialisation. A shared one starts a per-class memory, which keeps
     its own object-absent embedding. Every other weight loads."""
     if source_shared:
-        source = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, shared_memory=True)
+        source = build_model("test-tiny", class_names=["glia", "mito"], pretrained=False, shared_memory=True,
+                             joint_detail=False)
         with torch.no_grad():
             for parameter in source.parameters():
                 parameter.add_(0.1)  # away from the seeded initialisation that the target shares
     else:
         source = load_model(generalist)
-    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=not source_shared)
+    target = build_model("test-tiny", class_names=["mito", "synapse"], pretrained=False, shared_memory=not source_shared,
+                         joint_detail=False)
     fresh, trained = target.state_dict(), source.state_dict()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

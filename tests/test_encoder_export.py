@@ -45,6 +45,11 @@ def lora_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+def test_an_em_pretrained_encoder_brings_no_memory_so_the_classes_share_it(lora_run):
+    options = load_model(lora_run).info.build_options
+    assert options.shared_memory and options.joint_detail
+
+
 def test_exported_encoder_computes_what_the_trained_encoder_with_lora_did(lora_run, tmp_path):
     out = export_encoder(lora_run, tmp_path / "generalist")
     state = load_file(out / "encoder.safetensors")

@@ -79,7 +79,7 @@ def test_info_round_trips_through_save_and_load(run: Path) -> None:
     assert loaded.info == model.info
     assert loaded.info.class_names == ("mito", "synapse") and loaded.num_classes == 2
     assert loaded.info.build_options == BuildOptions(
-        num_classes=2, image_size=64, finetune="full", memory_capacity=3
+        num_classes=2, image_size=64, finetune="full", memory_capacity=3, shared_memory=True, joint_detail=True
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         loaded.info.class_names = ("other",)  # type: ignore[misc]
@@ -135,7 +135,8 @@ def test_build_model_takes_class_names_and_refuses_a_count_that_disagrees() -> N
 
 def test_model_info_refuses_one_name_too_many() -> None:
     with pytest.raises(ValueError, match=r"2 class names \(a, b\) for a model of 1 classes"):
-        ModelInfo(base="test-tiny", build_options=BuildOptions(image_size=64), class_names=("a", "b"))
+        ModelInfo(base="test-tiny", build_options=BuildOptions(image_size=64, shared_memory=False, joint_detail=False),
+                  class_names=("a", "b"))
 
 
 def test_a_record_whose_class_names_disagree_with_its_classes_is_refused(run: Path, tmp_path: Path) -> None:

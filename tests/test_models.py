@@ -12,7 +12,9 @@ from sam4em.models.trainable import is_adapter_parameter
 
 @pytest.fixture(scope="module")
 def tiny3():
-    return build_model("test-tiny", 3, pretrained=False).eval()
+    """SAM2's layout, a memory per class (Meta's pretrained bases'; test-tiny shares it unless told),
+    which the memory tests here check against Meta's rules."""
+    return build_model("test-tiny", 3, pretrained=False, shared_memory=False, joint_detail=False).eval()
 
 
 def _slices(n: int, seed: int, size: int = 64) -> torch.Tensor:

@@ -32,7 +32,7 @@ def _slices(n: int, seed: int) -> torch.Tensor:
 
 
 def test_with_one_class_the_shared_memory_is_sam2s():
-    per_class = _moved(build_model("test-tiny", 1, pretrained=False), 2)
+    per_class = _moved(build_model("test-tiny", 1, pretrained=False, shared_memory=False), 2)
     shared = build_model("test-tiny", 1, pretrained=False, shared_memory=True).eval()
     state = per_class.state_dict()
     state["memory.class_mask_weights"] = torch.ones_like(shared.memory.class_mask_weights)
@@ -137,3 +137,46 @@ def test_a_method_without_the_shared_part_refuses_the_option(method, option, par
     with pytest.raises(ConfigError, match=f"^model.{option}: method {method} has no {part} to share; remove"):
         config_from_dict({"method": method, "classes": "a=1,b=2", "volumes": [{"image": "x.tif", "labels": "y.tif"}],
                           "model": {"base": "test-tiny", option: True}})  # fmt: skip
+
+
+def _layout(model) -> tuple[bool | None, bool | None, int, int]:
+    """What the model declares (shared memory, joint detail) and what it is built with (its memory's
+    shared classes, its detail fuse's classes)."""
+    options = model.info.build_options
+    return options.shared_memory, options.joint_detail, model.memory.shared_classes, model.detail_head.classes
+
+
+def test_a_memory_trained_from_scratch_is_shared_by_default_and_meta_s_is_per_class(tmp_path):
+    """Left unset, the layout follows the weights: shared on a base trained from scratch (test-tiny,
+    cpu-small, an EM-pretrained encoder, which brings no memory), per class on SAM2's pretrained memory,
+    which Meta trained per object. Set, it is kept; a model without the part shares nothing."""
+    from transformers import Sam2VideoModel
+
+    from sam4em.models.compose import sam2_config
+    from sam4em.models.registry import get_spec
+
+    assert _layout(build_model("test-tiny", 3, pretrained=False)) == (True, True, 3, 3)
+    assert _layout(build_model("test-tiny", 3, pretrained=False, joint_detail=False)) == (True, False, 3, 1)
+    bare = build_model("test-tiny", 3, pretrained=False, memory=False, detail_head=False).info.build_options
+    assert (bare.shared_memory, bare.joint_detail) == (False, False)
+    meta_format = tmp_path / "hf"  # SAM2 weights as Meta's are published on the Hugging Face hub
+    Sam2VideoModel(sam2_config(get_spec("test-tiny"), image_size=64, memory_capacity=6)).save_pretrained(meta_format)
+    assert _layout(build_model(meta_format, 3, base="test-tiny")) == (False, False, 0, 1)
+
+
+def test_a_run_saved_before_the_shared_layout_existed_loads_per_class(tmp_path):
+    """Its config.yaml has no shared_memory or joint_detail: it was per class, and loads so, unchanged."""
+    import yaml
+
+    model = _moved(build_model("test-tiny", 2, pretrained=False, shared_memory=False, joint_detail=False), 5)
+    save_model(model, tmp_path / "run")
+    record_file = tmp_path / "run" / "config.yaml"
+    record = yaml.safe_load(record_file.read_text())
+    for option in ("shared_memory", "joint_detail"):
+        del record["model"]["build"][option]
+    record_file.write_text(yaml.safe_dump(record))
+    loaded = load_model(tmp_path / "run")
+    assert _layout(loaded) == (False, False, 0, 1)
+    clip = _slices(3, 41).view(1, 3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_clip(clip).logits, model.forward_clip(clip).logits)

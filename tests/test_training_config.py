@@ -40,8 +40,8 @@ def test_model_section_is_flat_in_yaml_and_held_as_build_options() -> None:
     assert config.model.build == BuildOptions(lora_rank=4, finetune="lora")
     written = config_to_dict(config)["model"]
     assert written == {"base": "test-tiny", "pretrained": False, "image_size": None, "lora_rank": 4,
-                       "lora_alpha": 16.0, "decoder_lora": True, "memory_capacity": 6, "shared_memory": False,
-                       "joint_detail": False, "finetune": "lora", "multimask_fallback": False}
+                       "lora_alpha": 16.0, "decoder_lora": True, "memory_capacity": 6, "shared_memory": None,
+                       "joint_detail": None, "finetune": "lora", "multimask_fallback": False}
     # What a run records in config.yaml reads back as the same config (a resume compares the two).
     recorded = config_to_dict(config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))))
     assert recorded == config_to_dict(config)

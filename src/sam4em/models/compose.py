@@ -18,6 +18,7 @@ from torch import nn
 from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
 
 from sam4em.models.detail_head import DetailHead
+from sam4em.models.encoder_weights import is_encoder_folder
 from sam4em.models.enhancer import FeatureEnhancer
 from sam4em.models.info import SHARED_PARTS, BuildOptions, FineTune, ModelInfo, class_names_tuple
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora
@@ -74,7 +75,7 @@ def compose(
 ) -> SAM4EM:
     """Make the SAM2 parts of `spec`, load pretrained weights from `weights_source`, compose a SAM4EM
     whose `info` declares `spec`, the resolved `options` and `class_names`."""
-    options = resolve_options(spec, options, pretrained=weights_source is not None)
+    options = resolve_options(spec, options, weights_source=weights_source)
     info = ModelInfo(
         base=spec.name,
         build_options=options,
@@ -101,15 +102,16 @@ def compose(
         return _assemble(sam2, spec, info, finetune=options.finetune)
 
 
-def resolve_options(spec: ModelSpec, options: BuildOptions, *, pretrained: bool) -> BuildOptions:
-    """`options` with what they leave to the base filled in: image size, fine-tuning, and whether the
-    classes share the memory and the detail head."""
+def resolve_options(spec: ModelSpec, options: BuildOptions, *, weights_source: str | Path | None) -> BuildOptions:
+    """`options` with what they leave to the base and its weights filled in: image size, fine-tuning,
+    and whether the classes share the memory and the detail head."""
     # Pretrained weights (Meta's or an EM-pretrained encoder) are fine-tuned with LoRA unless told otherwise.
-    finetune: FineTune = options.finetune or ("lora" if pretrained else spec.finetune)
-    # Shared on bases trained from scratch: 1.4x faster with 3 classes and ahead of per-class in each of
-    # 18 VNC runs (docs/benchmarks.md, seventh round). Meta's memory was trained per object, so its
-    # bases keep SAM2's layout.
-    shared = {option: not spec.has_pretrained_weights and getattr(options, part)
+    finetune: FineTune = options.finetune or ("lora" if weights_source is not None else spec.finetune)
+    # A memory trained from scratch is shared: 1.4x faster with 3 classes, and ahead of per-class in
+    # each of 18 VNC runs (docs/benchmarks.md, seventh round). SAM2's pretrained memory (Meta's weights)
+    # was trained per object, so it keeps that layout. An EM-pretrained encoder brings no memory.
+    sam2_memory = weights_source is not None and not is_encoder_folder(weights_source)
+    shared = {option: not sam2_memory and getattr(options, part)
               for option, part in SHARED_PARTS.items() if getattr(options, option) is None}
     return replace(options, image_size=options.image_size or spec.image_size, finetune=finetune, **shared)
 

@@ -48,11 +48,11 @@ class BuildOptions:
     memory: bool = True
     # One memory per window shared by the classes (memory attention once per window) instead of SAM2's
     # one per object, i.e. per class (`sam4em.models.memory`). Runs saved before it existed are per class.
-    # None: by the base (`sam4em.models.compose.resolve_options`): shared on bases trained from scratch,
-    # per class on Meta's, whose memory was trained per object.
+    # None: by the weights (`sam4em.models.compose.resolve_options`): shared when the memory is trained
+    # from scratch, per class when it is Meta's pretrained one, which was trained per object.
     shared_memory: bool | None = None
     # The detail head refines every class in one pass, not one pass per class (`sam4em.models.detail_head`).
-    # None: by the base, as `shared_memory`.
+    # None: as `shared_memory`.
     joint_detail: bool | None = None
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
