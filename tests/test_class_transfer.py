@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 from sam4em.models import build_model, load_model
-from sam4em.models.class_transfer import DETAIL_FUSE, PER_CLASS_TENSORS, state_for_classes
+from sam4em.models.class_transfer import DETAIL_FUSE, NO_OBJECT, PER_CLASS_TENSORS, state_for_classes
 from sam4em.models.serialization import save_model
 from sam4em.training.config import config_from_dict
 from sam4em.training.trainer import train
@@ -116,13 +116,23 @@ def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):
     assert decoder and all(torch.allclose(trained[k], source[k], atol=1e-6) for k in decoder)
 
 
-def test_unnamed_classes_are_taken_in_order_and_must_match_in_number(generalist):
+@pytest.mark.parametrize("target_layout", [PER_CLASS, {}])  # {}: test-tiny's default, shared
+def test_unnamed_classes_are_taken_in_order_and_must_match_in_number(generalist, target_layout):
+    """In order, in either layout: a per-class run (the generalist) starts a per-class model or a
+    shared one, as with named classes."""
     source = load_model(generalist).state_dict()
-    unnamed = build_model("test-tiny", 2, pretrained=False)
+    unnamed = build_model("test-tiny", 2, pretrained=False, **target_layout)
+    named = build_model("test-tiny", class_names=["a", "b"], pretrained=False, **target_layout)
     assert not unnamed.info.class_names
-    assert state_for_classes(source, ("glia", "mito"), unnamed) is source
-    named = build_model("test-tiny", class_names=["a", "b"], pretrained=False)
-    assert state_for_classes(source, (), named) is source  # a run saved without class names
+    for target, classes in ((unnamed, ("glia", "mito")), (named, ())):  # (): a run saved without class names
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = state_for_classes(source, classes, target)
+        target.load_state_dict(state, strict=True)
+        # Every tensor as trained but the layout's own (the object-absent rows, a joint fuse: tested above).
+        kept = [k for k in source if k not in (*DETAIL_FUSE, NO_OBJECT) and k in target.state_dict()]
+        assert kept and all(torch.equal(state[k], source[k]) for k in kept)
+        assert len(caught) == (1 if target_layout == {} else 0)  # shared: the per-class fuse starts afresh
     with pytest.raises(ValueError, match="as many classes"):
         state_for_classes(source, ("glia", "mito"), build_model("test-tiny", 1, pretrained=False))
 

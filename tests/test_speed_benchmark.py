@@ -28,9 +28,9 @@ def test_every_part_is_timed_and_nothing_twice(shared: bool) -> None:
 
 
 def test_cases_follow_the_device() -> None:
-    assert [c.label for c in speed_cases("cpu")] == ["cpu-small", "cpu-small (shared memory, joint detail)"]
+    assert [c.label for c in speed_cases("cpu")] == ["cpu-small (per class)", "cpu-small (shared memory, joint detail)"]
     assert [c.label for c in speed_cases("cuda")] == [
-        "sam2.1-hiera-tiny", "sam2.1-hiera-tiny (shared memory, joint detail)", "sam2.1-hiera-base-plus"
+        "sam2.1-hiera-tiny (per class)", "sam2.1-hiera-tiny (shared memory, joint detail)", "sam2.1-hiera-base-plus (per class)"
     ]
     assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
 

@@ -44,7 +44,8 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
         if counts and counts != {model.num_classes}:
             raise ValueError(f"a model whose classes are not named can only start from one with as many classes "
                              f"({model.num_classes}, not {counts.pop()}); name the classes of both")
-        return state
+        # In order: a class's position stands for its name (the layouts may still differ).
+        source_classes = target_classes = tuple(f"class {index}" for index in range(model.num_classes))
     own = model.state_dict()
     remapped = {key: value for key, value in state.items() if key in own or key not in PER_CLASS_TENSORS}
     left = [key for key in PER_CLASS_TENSORS if key in state and key not in own]  # trained, with no place here

@@ -1,8 +1,9 @@
 """`sam4em benchmark --profile speed`: how fast SAM4EM runs where users run it (issue 14).
 
 Per model (``cpu-small`` on a CPU; ``sam2.1-hiera-tiny`` and ``sam2.1-hiera-base-plus`` on CUDA; the
-first of them twice: as SAM2 runs objects, and with the memory and the detail head shared by the
-classes, `BuildOptions.shared_memory` and ``joint_detail``), each in a fresh process so that its peak
+first of them twice: per class, as SAM2 runs objects and as Meta's weights default to, and with the
+memory and the detail head shared by the classes, `BuildOptions.shared_memory` and ``joint_detail``, as
+a base trained from scratch defaults to), each in a fresh process so that its peak
 memory is its own, with random weights (speed does not depend on them) and 3 classes:
 
 - **end to end**: slices/s of :func:`sam4em.inference.streaming.segment_to_file` on a random uint8
@@ -91,7 +92,8 @@ class SpeedCase:
 
     @property
     def label(self) -> str:
-        return f"{self.model} (shared memory, joint detail)" if self.shared else self.model
+        # Both named: the default layout differs by weights (shared from scratch, per class on Meta's).
+        return f"{self.model} ({'shared memory, joint detail' if self.shared else 'per class'})"
 
 
 def speed_cases(device: str) -> list[SpeedCase]:
