@@ -7,11 +7,12 @@ The object-absent embedding is one row for every class in a per-class memory and
 a shared one: a per-class one's row serves every class of a shared one, and a per-class memory
 started from a shared one keeps its own.
 
-A joint detail head's fuse has a channel per class on two axes. It is taken whole where both heads
-work per class (then it is class-agnostic) or both are joint for the same classes in the same order;
-otherwise the new model keeps its own fuse (its zero-initialised output layer: plain upsampling at
-first), and only the detail stem comes from the trained model. Trained tensors left unused that way
-are named in a warning.
+A joint detail head's fuse has a channel per class on two axes: an input channel (the class's logits)
+of its first convolution and an output row of its last. Where both heads are joint, those follow the
+class names too, and the rest of the fuse is taken. Where both work per class the fuse is
+class-agnostic and taken whole. Where one is joint and the other per class the new model keeps its own
+fuse (its zero-initialised output layer: plain upsampling at first); the detail stem still comes from
+the trained model. Trained tensors left unused are named in a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense",
 NO_OBJECT = "memory.no_object_embedding"
 #: The detail head's fuse (`DetailHead`): class-agnostic per class, one channel per class when joint.
 DETAIL_FUSE = ("detail_head.fuse.0.weight", "detail_head.fuse.0.bias", "detail_head.fuse.2.weight", "detail_head.fuse.2.bias")
+_FUSE_IN, _FUSE_OUT = "detail_head.fuse.0.weight", "detail_head.fuse.2.weight"  # (F, F + C, 3, 3), (C, F, 1, 1)
 
 
 def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[str], model: SAM4EM) -> dict[str, torch.Tensor]:
@@ -60,9 +62,13 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
             remapped[NO_OBJECT] = _rows_by_name(source, source_classes, target, target_classes)
         else:
             remapped[NO_OBJECT], left = target, [*left, NO_OBJECT]
-    if not _same_detail_fuse(state, source_classes, own, target_classes):
-        remapped.update({key: own[key] for key in DETAIL_FUSE if key in own})
-        left += [key for key in DETAIL_FUSE if key in state]
+    if _FUSE_OUT in state and _FUSE_OUT in own:
+        source_joint, target_joint = state[_FUSE_OUT].shape[0] > 1, own[_FUSE_OUT].shape[0] > 1
+        if source_joint != target_joint:
+            remapped.update({key: own[key] for key in DETAIL_FUSE})
+            left += list(DETAIL_FUSE)
+        elif target_joint:
+            remapped.update(_joint_fuse_by_name(state, source_classes, own, target_classes))
     if left:
         # Not an error (a generalist's other layout is still a good start), but trained weights go unused.
         warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory or "
@@ -82,13 +88,17 @@ def _rows_by_name(
     return rows
 
 
-def _same_detail_fuse(
+def _joint_fuse_by_name(
     state: dict[str, torch.Tensor], source_classes: Sequence[str], own: dict[str, torch.Tensor], target_classes: Sequence[str]
-) -> bool:
-    """Whether the trained fuse means the same in the new model: both per class, or joint for the same classes."""
-    key = "detail_head.fuse.2.weight"  # (logits per pass, F, 1, 1)
-    if key not in state or key not in own:
-        return True  # a model without a detail head: nothing to keep or drop
-    if state[key].shape != own[key].shape:
-        return False  # one joint, the other per class (or joint for another number of classes)
-    return own[key].shape[0] == 1 or tuple(source_classes) == tuple(target_classes)
+) -> dict[str, torch.Tensor]:
+    """A joint fuse's class channels by name: each class's input channel and output row from the trained
+    fuse where it had that class, the new model's own for new classes; the detail channels as trained."""
+    features = own[_FUSE_IN].shape[1] - len(target_classes)  # the detail stem's channels come first
+    class_inputs = _rows_by_name(state[_FUSE_IN][:, features:].transpose(0, 1), source_classes,
+                                 own[_FUSE_IN][:, features:].transpose(0, 1), target_classes)
+    bias_out = "detail_head.fuse.2.bias"
+    return {
+        _FUSE_IN: torch.cat([state[_FUSE_IN][:, :features], class_inputs.transpose(0, 1)], dim=1),
+        _FUSE_OUT: _rows_by_name(state[_FUSE_OUT], source_classes, own[_FUSE_OUT], target_classes),
+        bias_out: _rows_by_name(state[bias_out], source_classes, own[bias_out], target_classes),
+    }

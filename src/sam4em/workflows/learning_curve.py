@@ -181,7 +181,8 @@ def generalist_config(source: DatasetPlan, base: str, seconds: float, profile: C
     every weight training (from scratch or from the encoder the previous part left), the 2D stage only."""
     return {
         "method": "sam4em", "classes": source.classes, "volumes": [source.training_volume(_VAL_FRACTION[source.name])], "stages": [1],
-        "model": {"base": base, "finetune": "full"},
+        # Per class, as in every recorded round: `sam4em-gen-init` then takes its detail fuse as trained.
+        "model": {"base": base, "finetune": "full", "shared_memory": False, "joint_detail": False},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20, "max_seconds": seconds},
         "foreground_fraction": 0.6, "val_every": 50, "val_samples": 8, "checkpoint_every": 100, "tensorboard": False,
     }
