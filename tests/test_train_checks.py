@@ -106,6 +106,23 @@ def test_resume_refuses_a_changed_config_naming_the_keys_and_keeps_config_yaml(t
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 0
 
 
+def test_a_run_recorded_before_the_shared_layout_resumes_only_as_it_was(tmp_path, capsys):
+    """Such a run trained per class, and its config.yaml has no model.shared_memory or joint_detail. Left
+    unset now, they would share on test-tiny, a different model: refused by name; resumed when set as it ran."""
+    per_class = {"base": "test-tiny", "shared_memory": False, "joint_detail": False}
+    run = tmp_path / "run"
+    started = config_from_dict(_data(tmp_path, model=per_class))
+    assert train(started, run, progress=False, should_stop=lambda stage, step: (stage, step) == (1, 2)).interrupted
+    document = yaml.safe_load((run / "config.yaml").read_text())
+    for option in ("shared_memory", "joint_detail"):
+        del document["train"]["model"][option]  # as sam4em recorded it before the options existed
+    (run / "config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    base = ["train", str(_yaml(tmp_path)), "--out", str(run), "--resume", "--no-progress"]
+    _fails(base, capsys, "model.shared_memory", "model.joint_detail", "resume with the run's own values")
+    assert main([*base, "--set", "model.shared_memory=false", "--set", "model.joint_detail=false"]) == 0
+    assert load_model(run).memory.shared_classes == 0
+
+
 def test_resume_refuses_training_data_replaced_at_the_same_path(tmp_path, capsys):
     config = _yaml(tmp_path)
     run = tmp_path / "run"

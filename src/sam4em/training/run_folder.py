@@ -23,6 +23,9 @@ from sam4em.training.data_fingerprint import check_same_data, write_data_fingerp
 # Data-loader processes (each sample is a function of seed, stage and index, whoever reads it) and
 # TensorBoard logging (metrics.csv is written either way).
 RESUMABLE_KEYS = frozenset({"num_workers", "tensorboard"})
+# Fields added with a default that a run recorded before them did not have: what such a run used.
+# (Unset, the classes now share the memory and the detail head on a base trained from scratch.)
+RECORDED_BEFORE = {"model": {"shared_memory": False, "joint_detail": False}}
 CONFIG_FILE = "config.yaml"
 
 
@@ -72,8 +75,9 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
         raise ConfigError(f"{path}: missing, unreadable or without a `train` section, so the run to resume cannot be "
                           f"checked; {fix}")
     try:
-        # Rebuilt, not compared raw: fields added to TrainConfig since the run started take their defaults.
-        before = config_to_dict(config_from_dict(recorded))
+        # Rebuilt, not compared raw: fields added to TrainConfig since the run started take their defaults,
+        # or, where the default is not what the run used, `RECORDED_BEFORE`.
+        before = config_to_dict(config_from_dict(_with_values_before(recorded)))
     except ConfigError as error:
         raise ConfigError(f"{path}: the recorded config is not valid any more ({error}); {fix}") from None
     changed = [key for key in mismatches(_flatten(before), _flatten(config_to_dict(config))) if key not in RESUMABLE_KEYS]
@@ -83,6 +87,16 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
             f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with the run's "
             f"own values (recorded in {path}) or {fix}"
         )
+
+
+def _with_values_before(recorded: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with the `RECORDED_BEFORE` values of the fields it lacks."""
+    filled = dict(recorded)
+    for section, values in RECORDED_BEFORE.items():
+        given = filled.get(section, {})
+        if isinstance(given, dict):  # anything else is refused as the config it is
+            filled[section] = {**values, **given}
+    return filled
 
 
 def _recorded(path: Path) -> Any:
