@@ -21,7 +21,7 @@ from torch import nn
 
 
 class DetailHead(nn.Module):
-    """`image_detail(images (B, 1, S, S))` -> detail features (B, F, S, S), computed once per slice;
+    """`stem(images (B, 1, S, S))` -> detail features (B, F, S, S), channels-last, computed once per slice;
     `forward(detail, low_res (B * C, 1, S/4, S/4))` -> logits (B * C, 1, S, S).
 
     `classes`: the logits one pass of the fuse takes and corrects: 1 (per class: the classes are folded
@@ -40,15 +40,15 @@ class DetailHead(nn.Module):
             nn.GroupNorm(2, channels),
             nn.GELU(),
         )
+        # Channels-last weights make oneDNN run the stem channels-last: on one input channel the input
+        # cannot say (a (B, 1, S, S) tensor is both layouts), and in the default layout the convolutions
+        # spent most of their time converting layouts (4.7-7.0 ms per 256-pixel window on the 2-core CPU,
+        # 2.1-3.4 ms so; docs/benchmarks.md). Loading weights copies into these tensors and keeps it.
+        self.stem.to(memory_format=torch.channels_last)
         fuse_out = nn.Conv2d(channels, classes, kernel_size=1)
         self.fuse = nn.Sequential(nn.Conv2d(channels + classes, channels, kernel_size=3, padding=1), nn.GELU(), fuse_out)
         for parameter in fuse_out.parameters():
             nn.init.zeros_(parameter)
-
-    def image_detail(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 1, S, S) -> detail features (B, F, S, S), channels-last (see `forward`): the stem
-        took 7.7 ms per 256-pixel window in the default layout on the 2-core CPU, 2.4 ms channels-last."""
-        return self.stem(images.contiguous(memory_format=torch.channels_last))
 
     def forward(self, detail: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
         size = detail.shape[-2:]

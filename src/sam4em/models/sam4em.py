@@ -123,7 +123,7 @@ class SAM4EM(SegmentationModel):
         fine, mid, coarse = out.fpn_hidden_states
         if self.enhancer is not None:
             fine, mid, coarse = self.enhancer(fine, mid, coarse)
-        detail = self.detail_head.image_detail(images) if self.detail_head is not None else None
+        detail = self.detail_head.stem(images) if self.detail_head is not None else None
         return ImageFeatures(detail=detail, fine=fine, mid=mid, coarse=coarse, position=out.fpn_position_encoding[-1])
 
     # -- decoding ------------------------------------------------------------------------------
