@@ -114,7 +114,11 @@ def test_a_run_starts_from_a_generalist_for_other_classes(generalist, tmp_path):
         # A rate so small that one step leaves every weight where it started (to float rounding).
         "stage1": {"steps": 1, "batch_size": 1, "lr": 1e-12, "warmup_steps": 0}, "val_every": 1, "val_samples": 1,
     })
-    train(config, tmp_path / "run", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no trained tensor starts afresh
+        train(config, tmp_path / "run", progress=False)
+    # Left unset, the layout is the generalist's (per class), not test-tiny's from scratch (shared).
+    assert load_model(tmp_path / "run").memory.shared_classes == 0
     trained, source = load_model(tmp_path / "run").state_dict(), load_model(generalist).state_dict()
     assert torch.allclose(trained["prompt_generator.queries"][0], source["prompt_generator.queries"][1], atol=1e-6)
     decoder = [k for k in trained if k.startswith("stage1_decoder.")]

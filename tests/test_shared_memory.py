@@ -149,9 +149,10 @@ def _layout(model) -> tuple[bool | None, bool | None, int, int]:
 
 
 def test_a_memory_trained_from_scratch_is_shared_by_default_and_meta_s_is_per_class(tmp_path):
-    """Left unset, the layout follows the weights: shared on a base trained from scratch (test-tiny,
+    """Left unset, the memory follows the weights: shared on a base trained from scratch (test-tiny,
     cpu-small, an EM-pretrained encoder, which brings no memory), per class on SAM2's pretrained memory,
-    which Meta trained per object. Set, it is kept; a model without the part shares nothing."""
+    which Meta trained per object. The detail head, never pretrained, is joint either way. Set, each is
+    kept; a model without the part shares nothing."""
     from transformers import Sam2VideoModel
 
     from sam4em.models.compose import sam2_config
@@ -163,7 +164,7 @@ def test_a_memory_trained_from_scratch_is_shared_by_default_and_meta_s_is_per_cl
     assert (bare.shared_memory, bare.joint_detail) == (False, False)
     meta_format = tmp_path / "hf"  # SAM2 weights as Meta's are published on the Hugging Face hub
     Sam2VideoModel(sam2_config(get_spec("test-tiny"), image_size=64, memory_capacity=6)).save_pretrained(meta_format)
-    assert _layout(build_model(meta_format, 3, base="test-tiny")) == (False, False, 0, 1)
+    assert _layout(build_model(meta_format, 3, base="test-tiny")) == (False, True, 0, 3)
 
 
 def test_a_run_saved_before_the_shared_layout_existed_loads_per_class(tmp_path):

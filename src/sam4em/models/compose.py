@@ -20,7 +20,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
 from sam4em.models.detail_head import DetailHead
 from sam4em.models.encoder_weights import is_encoder_folder
 from sam4em.models.enhancer import FeatureEnhancer
-from sam4em.models.info import SHARED_PARTS, BuildOptions, FineTune, ModelInfo, class_names_tuple
+from sam4em.models.info import BuildOptions, FineTune, ModelInfo, class_names_tuple
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora
 from sam4em.models.memory import SliceMemory
 from sam4em.models.prompt_generator import PromptGenerator, StaticPrompts
@@ -107,13 +107,15 @@ def resolve_options(spec: ModelSpec, options: BuildOptions, *, weights_source: s
     and whether the classes share the memory and the detail head."""
     # Pretrained weights (Meta's or an EM-pretrained encoder) are fine-tuned with LoRA unless told otherwise.
     finetune: FineTune = options.finetune or ("lora" if weights_source is not None else spec.finetune)
-    # A memory trained from scratch is shared: 1.4x faster with 3 classes, and ahead of per-class in
-    # each of 18 VNC runs (docs/benchmarks.md, seventh round). SAM2's pretrained memory (Meta's weights)
-    # was trained per object, so it keeps that layout. An EM-pretrained encoder brings no memory.
+    # Both together made `segment` 1.4x faster with 3 classes and were ahead of per class in each of 18
+    # VNC runs from scratch (docs/benchmarks.md, seventh round); the joint detail head carried the
+    # accuracy, the shared memory (alone within the seed spread) most of the speed. The detail head is
+    # SAM4EM's own and never pretrained: joint wherever there is one. SAM2's pretrained memory (Meta's
+    # weights) was trained per object and keeps that layout; an EM-pretrained encoder brings no memory.
     sam2_memory = weights_source is not None and not is_encoder_folder(weights_source)
-    shared = {option: not sam2_memory and getattr(options, part)
-              for option, part in SHARED_PARTS.items() if getattr(options, option) is None}
-    return replace(options, image_size=options.image_size or spec.image_size, finetune=finetune, **shared)
+    layout = {"shared_memory": options.memory and not sam2_memory, "joint_detail": options.detail_head}
+    unset = {option: value for option, value in layout.items() if getattr(options, option) is None}
+    return replace(options, image_size=options.image_size or spec.image_size, finetune=finetune, **unset)
 
 
 def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOptions], *, finetune: FineTune) -> SAM4EM:

@@ -6,8 +6,8 @@ blur. A light convolutional stem on the full-resolution slice is fused with the 
 adds a residual correction. The last layer is zero-initialised, so a pretrained SAM2 starts out
 exactly as it was.
 
-Per class (the default), the fuse runs once per class with that class's logits. Joint
-(`BuildOptions.joint_detail`), it runs once per window with every class's logits as channels and
+Per class (SAM4EM as published), the fuse runs once per class with that class's logits. Joint
+(`BuildOptions.joint_detail`, the default), it runs once per window with every class's logits as channels and
 returns a correction per class: with three classes its first convolution reads 11 full-resolution
 channels once instead of 9 three times, and each class's refinement sees the others'. With one class
 the two are the same head.
@@ -44,7 +44,7 @@ class DetailHead(nn.Module):
         # cannot say (a (B, 1, S, S) tensor is both layouts), and in the default layout the convolutions
         # spent most of their time converting layouts (4.7-7.0 ms per 256-pixel window on the 2-core CPU,
         # 2.1-3.4 ms so; docs/benchmarks.md). Loading weights copies into these tensors and keeps it.
-        self.stem.to(memory_format=torch.channels_last)
+        self.stem.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, not in the stubs
         fuse_out = nn.Conv2d(channels, classes, kernel_size=1)
         self.fuse = nn.Sequential(nn.Conv2d(channels + classes, channels, kernel_size=3, padding=1), nn.GELU(), fuse_out)
         for parameter in fuse_out.parameters():

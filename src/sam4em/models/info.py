@@ -48,11 +48,11 @@ class BuildOptions:
     memory: bool = True
     # One memory per window shared by the classes (memory attention once per window) instead of SAM2's
     # one per object, i.e. per class (`sam4em.models.memory`). Runs saved before it existed are per class.
-    # None: by the weights (`sam4em.models.compose.resolve_options`): shared when the memory is trained
-    # from scratch, per class when it is Meta's pretrained one, which was trained per object.
+    # None (`sam4em.models.compose.resolve_options`): shared when the memory is trained from scratch,
+    # per class when it is Meta's pretrained one, which was trained per object.
     shared_memory: bool | None = None
     # The detail head refines every class in one pass, not one pass per class (`sam4em.models.detail_head`).
-    # None: as `shared_memory`.
+    # None: joint (the detail head is SAM4EM's own, never pretrained).
     joint_detail: bool | None = None
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
@@ -88,7 +88,8 @@ class ModelInfo(Generic[OptionsT]):
     """A model's declared identity.
 
     `base`: a registry name (``cpu-small``, ``sam2.1-hiera-tiny``, ...) or ``unet2d`` / ``unet3d``.
-    `build_options`: resolved (``image_size`` and ``finetune`` filled in from the base).
+    `build_options`: resolved (``image_size``, ``finetune``, ``shared_memory`` and ``joint_detail``
+    filled in from the base and its weights: `sam4em.models.compose.resolve_options`).
     `class_names`: one per output channel, or empty for a model whose classes were never named.
     `pretrained_base`: whether the base's weights were loaded (Meta's, or an EM-pretrained encoder)
     rather than seeded at random; `weights_source` says from where (a hub id, a folder or a ``.pt`` file).
@@ -104,7 +105,8 @@ class ModelInfo(Generic[OptionsT]):
         options = self.build_options
         unresolved = [name for name in ("image_size", *SHARED_PARTS) if getattr(options, name, 0) is None]
         if unresolved:
-            raise ValueError(f"{self.base}: a model's build options must name its {' and '.join(unresolved)}")
+            raise ValueError(f"{self.base}: a model's build options must name its {' and '.join(unresolved)}; "
+                             "build it with build_model or compose, which fill them in")
         if any(not isinstance(name, str) for name in self.class_names):
             raise TypeError(f"class names must be strings, got {self.class_names!r}")
         if self.class_names and len(self.class_names) != self.num_classes:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from sam4em.models import SAM4EM, build_model
+from sam4em.models.info import SHARED_PARTS, SegmentationModel
 from sam4em.models.registry import base_spec
 from sam4em.models.unet import UNet2D, UNet3D
 from sam4em.training.config import TrainConfig
@@ -17,8 +18,13 @@ __all__ = ["TrainableModel", "build_method", "is_clip_model"]
 TrainableModel = SAM4EM | UNet2D | UNet3D
 
 
-def build_method(config: TrainConfig, class_names: Sequence[str]) -> TrainableModel:
-    """The untrained model of `config.method`, one output channel per name in `class_names`."""
+def build_method(config: TrainConfig, class_names: Sequence[str], *, starts_from: SegmentationModel | None = None) -> TrainableModel:
+    """The untrained model of `config.method`, one output channel per name in `class_names`.
+
+    `starts_from`: the trained model of `config.init_from`. Whether the classes share the memory and the
+    detail head, where the config leaves it unset, then follows that model, whose weights were trained
+    so (its per-object memory, from Meta's weights, stays per object), rather than the base's weights.
+    """
     spec = METHODS[config.method]
     base, options = config.model.base, config.model.build
     num_classes = len(class_names)
@@ -31,6 +37,10 @@ def build_method(config: TrainConfig, class_names: Sequence[str]) -> TrainableMo
         )
     # The method's switches over the config's options; `build_model` takes the classes from their names.
     fields = {k: v for k, v in {**asdict(options), **dict(spec.build)}.items() if k != "num_classes"}
+    if isinstance(starts_from, SAM4EM):
+        for option, part in SHARED_PARTS.items():
+            if fields[option] is None:
+                fields[option] = bool(getattr(starts_from.info.build_options, option)) and fields[part]
     return build_model(base, pretrained=config.model.pretrained, class_names=class_names, **fields)
 
 

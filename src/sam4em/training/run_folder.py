@@ -74,19 +74,23 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
     if not isinstance(recorded, dict):
         raise ConfigError(f"{path}: missing, unreadable or without a `train` section, so the run to resume cannot be "
                           f"checked; {fix}")
+    filled = _with_values_before(recorded)
     try:
         # Rebuilt, not compared raw: fields added to TrainConfig since the run started take their defaults,
         # or, where the default is not what the run used, `RECORDED_BEFORE`.
-        before = config_to_dict(config_from_dict(_with_values_before(recorded)))
+        before = config_to_dict(config_from_dict(filled))
     except ConfigError as error:
         raise ConfigError(f"{path}: the recorded config is not valid any more ({error}); {fix}") from None
     changed = [key for key in mismatches(_flatten(before), _flatten(config_to_dict(config))) if key not in RESUMABLE_KEYS]
     if changed:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-        raise ConfigError(
-            f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with the run's "
-            f"own values (recorded in {path}) or {fix}"
-        )
+        # Values the run used but config.yaml does not show (it predates the field): say them.
+        implied = [f"--set {key}={str(value).lower()}" for key, value in _flatten(filled).items()
+                   if key in changed and key not in _flatten(recorded)]
+        own = (f"{' '.join(implied)}, as the run used ({path} predates them)," if implied
+               else f"the run's own values (recorded in {path})")
+        raise ConfigError(f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with {own} "
+                          f"or {fix}")
 
 
 def _with_values_before(recorded: dict[str, Any]) -> dict[str, Any]:

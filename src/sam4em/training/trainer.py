@@ -116,9 +116,9 @@ def _checked_model(
     train_sources, val_sources = volume_sources(config, mapping)
     check_splits(config, train_sources, val_sources)
     check_batches(config, world)
-    model = build_method(config, mapping.names).to(device)
-    if config.init_from:
-        source = load_model(config.init_from)
+    source = load_model(config.init_from) if config.init_from else None
+    model = build_method(config, mapping.names, starts_from=source).to(device)
+    if source is not None:
         state = source.state_dict()
         if isinstance(model, SAM4EM) and isinstance(source, SAM4EM):
             # Other classes (a generalist): per-class prompts by class name, every other weight as trained.

@@ -154,7 +154,9 @@ def train_config(plan: DatasetPlan, method: str, profile: Profile) -> dict[str, 
         "method": method,
         "classes": plan.classes,
         "volumes": [plan.training_volume()],
-        "model": {"base": profile.base, "pretrained": profile.pretrained},
+        # Per class, as in every recorded round of these profiles: an --out folder whose finished runs are
+        # skipped never mixes layouts (the learning curve's `-shared` rows measure the shared one).
+        "model": {"base": profile.base, "pretrained": profile.pretrained, "shared_memory": False, "joint_detail": False},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5,
