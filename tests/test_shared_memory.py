@@ -120,7 +120,9 @@ def test_a_saved_shared_model_loads_as_one(shared3, tmp_path):
     options = loaded.info.build_options
     assert options.shared_memory and options.joint_detail and loaded.memory.shared_classes == 3
     # Loading copies into the detail stem's channels-last weights (its speed) rather than replacing them.
-    assert loaded.detail_head.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # (The second convolution: with one input channel, the first's weights are in both layouts.)
+    weight = loaded.detail_head.stem[3].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     clip = _slices(3, 40).view(1, 3, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.forward_clip(clip).logits, shared3.forward_clip(clip).logits)

@@ -119,7 +119,7 @@ def test_a_run_recorded_before_the_shared_layout_resumes_only_as_it_was(tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     base = ["train", str(_yaml(tmp_path)), "--out", str(run), "--resume", "--no-progress"]
     _fails(base, capsys, "model.shared_memory", "model.joint_detail",
-           "resume with --set model.shared_memory=false --set model.joint_detail=false, as the run used")
+           "and --set model.shared_memory=false --set model.joint_detail=false, as the run used")
     assert main([*base, "--set", "model.shared_memory=false", "--set", "model.joint_detail=false"]) == 0
     assert load_model(run).memory.shared_classes == 0
 

@@ -24,7 +24,7 @@ from sam4em.training.data_fingerprint import check_same_data, write_data_fingerp
 # TensorBoard logging (metrics.csv is written either way).
 RESUMABLE_KEYS = frozenset({"num_workers", "tensorboard"})
 # Fields added with a default that a run recorded before them did not have: what such a run used.
-# (Unset, the classes now share the memory and the detail head on a base trained from scratch.)
+# (Unset, the detail head is now joint, and the memory shared on a base trained from scratch.)
 RECORDED_BEFORE = {"model": {"shared_memory": False, "joint_detail": False}}
 CONFIG_FILE = "config.yaml"
 
@@ -87,8 +87,9 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
         # Values the run used but config.yaml does not show (it predates the field): say them.
         implied = [f"--set {key}={str(value).lower()}" for key, value in _flatten(filled).items()
                    if key in changed and key not in _flatten(recorded)]
-        own = (f"{' '.join(implied)}, as the run used ({path} predates them)," if implied
-               else f"the run's own values (recorded in {path})")
+        own = f"the run's own values (recorded in {path})"
+        if implied:
+            own += f" and {' '.join(implied)}, as the run used ({path} predates them),"
         raise ConfigError(f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with {own} "
                           f"or {fix}")
 

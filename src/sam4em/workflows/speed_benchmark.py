@@ -92,7 +92,7 @@ class SpeedCase:
 
     @property
     def label(self) -> str:
-        # Both named: the default layout differs by weights (shared from scratch, per class on Meta's).
+        # Both named: the memory's default layout differs by weights (shared from scratch, per class on Meta's).
         return f"{self.model} ({'shared memory, joint detail' if self.shared else 'per class'})"
 
 
