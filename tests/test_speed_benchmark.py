@@ -45,3 +45,43 @@ def test_end_to_end_rate_and_time_in_the_model(tmp_path) -> None:
     rate = stream_rate(model, case, tmp_path)
     assert rate["slices_per_s"] > 0 and rate["streams"] == 1
     assert 0 < rate["efficiency"] < 1
+
+
+def test_gpu_busy_samples_nvml_on_cuda_only(monkeypatch) -> None:
+    """On CUDA the training phase samples NVML's utilisation in the background (mocked: no GPU here);
+    elsewhere, or where NVML refuses, nothing is sampled and the report shows no figure."""
+    import time
+
+    from sam4em.workflows.speed_benchmark import gpu_busy, speed_table
+
+    readings = iter([40, 80, 90] + [90] * 1000)
+    asked: list[str] = []
+
+    def utilization(device: str) -> int:
+        asked.append(device)
+        return next(readings)
+
+    monkeypatch.setattr(torch.cuda, "utilization", utilization)
+    samples: list[float] = []
+    with gpu_busy("cuda:1", samples, every=0.01):
+        time.sleep(0.2)
+    assert len(samples) >= 3 and samples[:3] == [40.0, 80.0, 90.0] and set(asked) == {"cuda:1"}
+    on_cpu: list[float] = []
+    with gpu_busy("cpu", on_cpu, every=0.01):
+        time.sleep(0.05)
+    assert on_cpu == []
+
+    def no_nvml(device: str) -> int:
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    refused: list[float] = []
+    with gpu_busy("cuda", refused, every=0.01):
+        time.sleep(0.05)
+    assert refused == []
+    row = {"label": "m", "device": "cuda", "window": 512, "slice_size": 1024, "tiles_per_slice": 9, "streams": 6,
+           "slices_per_s": 1.0, "windows_per_s": 1.0, "efficiency": 0.9, "encoder_ms": 1.0, "full_ms": 2.0, "ratio": 2.0,
+           "segment_peak_mib": 1.0, "train_steps_per_s": 1.0, "train_batch": 4, "train_data_wait": 0.1,
+           "train_peak_mib": 1.0, "parts_ms": {label: 1.0 for label in [*PARTS, "other"]}}
+    assert "| 10% | 73% | 1 |" in speed_table([{**row, "train_gpu_busy": 0.73}], "machine")
+    assert "| 10% | - | 1 |" in speed_table([{**row, "train_gpu_busy": None}], "machine")

@@ -21,7 +21,8 @@ memory is its own, with random weights (speed does not depend on them) and 3 cla
   part is synchronised, so the parts add up to more than an unhooked pass);
 - **training**: steps/s and the share of step time spent waiting for data (the trainer's own
   ``steps_per_s`` and ``data_wait`` metrics, median over a short time-budgeted stage 1 on synthetic
-  blobs, batch and crop from the device's preset, ``num_workers`` by the device);
+  blobs, batch and crop from the device's preset, ``num_workers`` by the device) and, on CUDA, how
+  busy the GPU was (NVML's utilisation, sampled every 0.5 s over the whole run: `gpu_busy`);
 - **peak memory**: resident memory (CPU, the process's maximum) or allocated GPU memory.
 
 Encoder and full-model timings are interleaved (encoder, model, encoder, ...) and their medians
@@ -52,7 +53,7 @@ import numpy as np
 from sam4em.evaluation.results_file import write_json
 from sam4em.workflows.benchmark import run_in_process
 
-__all__ = ["SpeedCase", "measure_case", "run_speed_benchmark", "speed_cases"]
+__all__ = ["SpeedCase", "gpu_busy", "measure_case", "run_speed_benchmark", "speed_cases"]
 
 CLASSES = 3
 #: SAM4EM's parts as timed by `part_times`: label -> module paths (a part nested in another counts once, as the outer).
@@ -256,7 +257,7 @@ def stream_rate(model: Any, case: SpeedCase, workdir: Path) -> dict[str, float]:
             "efficiency": in_model["model"] / seconds, "streams": streams}
 
 
-def training_rate(case: SpeedCase, workdir: Path) -> dict[str, float]:
+def training_rate(case: SpeedCase, workdir: Path) -> dict[str, float | None]:
     """Median steps/s and data-wait share of a short time-budgeted stage 1 (the trainer's own metrics)."""
     import csv
 
@@ -285,7 +286,9 @@ def training_rate(case: SpeedCase, workdir: Path) -> dict[str, float]:
         "device": case.device,
     }, "auto")
     config = config_from_dict(data)
-    train(config, workdir / "run", progress=False)
+    busy: list[float] = []
+    with gpu_busy(case.device, busy):
+        train(config, workdir / "run", progress=False)
     with (workdir / "run" / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     steady = rows[3:] or rows  # the first steps start the loader's workers and pick kernels
@@ -294,7 +297,38 @@ def training_rate(case: SpeedCase, workdir: Path) -> dict[str, float]:
         "train_data_wait": statistics.median(float(r["data_wait"]) for r in steady),
         "train_batch": config.stage1.batch_size,
         "train_steps": len(rows),
+        # The whole run, its start included: a conservative figure for the GPU goal of issue 14.
+        "train_gpu_busy": statistics.mean(busy) / 100 if busy else None,
     }
+
+
+@contextmanager
+def gpu_busy(device: str, samples: list[float], every: float = 0.5) -> Iterator[None]:
+    """While the body runs, append to `samples` the GPU's utilisation every `every` s (the percentage of
+    time a kernel ran, nvidia-smi's figure, through NVML); nothing on other devices, or without NVML."""
+    import threading
+
+    import torch
+
+    if not device.startswith("cuda"):
+        yield
+        return
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            try:
+                samples.append(float(torch.cuda.utilization(device)))
+            except Exception:  # NVML absent or refusing (no binding, no driver): the report shows no figure
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def measure_case(case: SpeedCase, workdir: Path) -> dict[str, Any]:
@@ -351,16 +385,16 @@ def speed_table(results: list[dict[str, Any]], machine: str) -> str:
         f"Machine: {machine}. Random weights, {CLASSES} classes.", "",
         "| model | device | window | slice | tiles/slice | z-streams | segment_to_file slices/s (both directions) "
         "| model-only windows/s | efficiency (time in the model) | encoder ms/window | SAM4EM ms/window | SAM4EM / encoder | peak MiB (segment) "
-        "| train steps/s (batch) | data wait | peak MiB (train) |",
-        "|" + "---|" * 16,
+        "| train steps/s (batch) | data wait | GPU busy (train) | peak MiB (train) |",
+        "|" + "---|" * 17,
     ]
     for r in results:
         lines.append(
             f"| {r['label']} | {r['device']} | {r['window']} | {r['slice_size']}² | {r['tiles_per_slice']} | {r['streams']} "
             f"| {r['slices_per_s']:.2f} | {r['windows_per_s']:.2f} | {100 * r['efficiency']:.0f}% "
             f"| {r['encoder_ms']:.1f} | {r['full_ms']:.1f} | {r['ratio']:.2f}x | {r['segment_peak_mib']:.0f} | "
-            + (f"{r['train_steps_per_s']:.2f} ({r['train_batch']}) | {100 * r['train_data_wait']:.0f}% | {r['train_peak_mib']:.0f} |"
-               if "train_steps_per_s" in r else "- | - | - |")
+            + (f"{r['train_steps_per_s']:.2f} ({r['train_batch']}) | {100 * r['train_data_wait']:.0f}% | {_share(r.get('train_gpu_busy'))} "
+               f"| {r['train_peak_mib']:.0f} |" if "train_steps_per_s" in r else "- | - | - | - |")
         )
     lines += ["", "Where SAM4EM's time per window goes (ms per window, full memory bank, forward hooks):", ""]
     labels = [*PARTS, "other"]
@@ -370,6 +404,10 @@ def speed_table(results: list[dict[str, Any]], machine: str) -> str:
         lines.append(f"| {r['label']} | " + " | ".join(
             f"{r['parts_ms'][k]:.1f} ({100 * r['parts_ms'][k] / total:.0f}%)" for k in labels) + " |")
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def run_speed_benchmark(*, out_dir: str | os.PathLike[str], device: str | None = None) -> Path:
