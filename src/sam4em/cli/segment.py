@@ -42,6 +42,8 @@ def add_segment_parser(sub: Subparsers) -> None:
     segment.add_argument("--ome", action="store_true",
                          help="write OME-Zarr (NGFF) with pyramids and labels/<class> (implied by an .ome.zarr output)")
     segment.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    segment.add_argument("--compile", action="store_true",
+                         help="torch.compile the model first: minutes of compilation, then faster windows (long volumes)")
     segment.add_argument("--overwrite", action="store_true", help="replace an existing output (swapped in when complete)")
     segment.add_argument("--resume", action="store_true", help="finish an interrupted output")
     segment.add_argument("--workers", type=int, help="run z-blocks on a local Dask cluster of N processes")
@@ -70,6 +72,7 @@ def segment_command(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         watershed=args.watershed,
         ome=args.ome,
+        compile=args.compile,
     )
     stop = threading.Event()
     progress = None if args.no_progress else progress_bar("segment")

@@ -58,6 +58,9 @@ class SegmentOptions:
         threshold: probability above which a voxel is labelled.
         min_size, watershed: instance options, see :func:`sam4em.inference.postprocess.probs_to_instances`.
         ome: write OME-Zarr (NGFF 0.5); implied by an ``.ome.zarr`` output.
+        compile: compile the model in place first (:func:`sam4em.models.compiled.compile_parts`): minutes
+            of compilation, then faster windows; pays on long volumes. Not recorded: it changes results
+            by float rounding only. Not for Dask workers.
         overwrite: replace an existing output (atomically, when the new one is complete).
         resume: continue a partial output written with the same model and recorded options.
 
@@ -85,6 +88,7 @@ class SegmentOptions:
     min_size: int = field(default=0, metadata=_recorded(only_for="instances"))
     watershed: bool = field(default=False, metadata=_recorded(only_for="instances"))
     ome: bool = field(default=False, metadata=_recorded("ome_zarr"))
+    compile: bool = False
     overwrite: bool = False
     resume: bool = False
 

@@ -47,6 +47,7 @@ from sam4em.io import open_volume
 from sam4em.io.ome_zarr_output import create_ome_output, ome_output_keys
 from sam4em.io.output_record import BLOCKS_DONE, COMPLETE, RUN_RECORD
 from sam4em.models import SegmentationModel, load_model
+from sam4em.models.compiled import compile_parts
 from sam4em.models.declared import model_class_names
 
 __all__ = [
@@ -143,7 +144,11 @@ def prepare_run(
     """
     request = check_request(input_path, output_path, options, model, multi_writer=distributed)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if options.compile and distributed:
+        raise ValueError("--compile: Dask workers load their own model, uncompiled; drop --compile or --workers/--scheduler")
     loaded, placement = _load(model, options.device, distributed)
+    if options.compile:
+        compile_parts(loaded)
     resolved, indices, plan = _resolve(options, request, loaded, placement)
     with open_volume(request.input, request.input_key) as volume:  # mode "r": never opened for writing
         voxel_size, input_dtype = volume.voxel_size, volume.dtype

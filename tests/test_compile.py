@@ -1,0 +1,64 @@
+"""`sam4em segment --compile` (issue 14): the model is compiled part by part, in place, and writes what
+the eager model writes. Dynamo traces every part here (backend "eager": no code generation, which takes
+minutes on a CPU); the speed it buys is measured in docs/benchmarks.md, not here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam4em.cli import main
+from sam4em.inference.options import SegmentOptions
+from sam4em.inference.streaming import segment_to_file
+from sam4em.io import create_volume, open_volume
+from sam4em.models.compiled import COMPILED_PARTS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CLASSES = ("mito", "er")
+
+
+@pytest.fixture
+def raw(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "raw.zarr"
+    with create_volume(path, (6, 64, 80), np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
+        out[:] = (rng.random((6, 64, 80)) * 80 + np.linspace(0, 170, 80)).astype(np.uint8)
+    return path
+
+
+def _probs(path):
+    out = []
+    for name in CLASSES:
+        with open_volume(path, name) as volume:
+            out.append(np.asarray(volume[:], dtype=np.float32))
+    return np.stack(out)
+
+
+def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(tmp_path, raw, decisive_tiny_model, monkeypatch):
+    compiled: list[torch.nn.Module] = []
+    compile_module = torch.nn.Module.compile
+
+    def trace(module, *args, **kwargs):
+        compiled.append(module)
+        compile_module(module, backend="eager")  # dynamo traces the part; no code is generated
+
+    monkeypatch.setattr(torch.nn.Module, "compile", trace)
+    options = SegmentOptions(direction="forward", block_size=3, probs_dtype="float32")
+    eager = segment_to_file(raw, tmp_path / "eager.zarr", decisive_tiny_model(CLASSES), options)
+    model = decisive_tiny_model(CLASSES)  # the same weights
+    digest_before = {k: v.clone() for k, v in model.state_dict().items()}
+    faster = segment_to_file(raw, tmp_path / "compiled.zarr", model, options.replace(compile=True))
+    names = {module: name for name, module in model.named_modules()}
+    assert [names[module] for module in compiled] == list(COMPILED_PARTS)  # test-tiny has every part
+    assert model.state_dict().keys() == digest_before.keys()  # compiled in place: the same keys
+    np.testing.assert_allclose(_probs(faster), _probs(eager), rtol=0, atol=1e-6)
+
+
+def test_compile_is_refused_for_dask_workers(tmp_path, raw, capsys):
+    code = main(["segment", str(raw), str(tmp_path / "out.zarr"), "--model", "test-tiny", "--compile", "--workers", "2",
+                 "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "--compile" in lines[0] and "drop --compile or --workers" in lines[0]
+    assert not (tmp_path / "out.zarr").exists()
