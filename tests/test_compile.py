@@ -1,6 +1,7 @@
 """`sam4em segment --compile` (issue 14): the model is compiled part by part, in place, and writes what
-the eager model writes. Dynamo traces every part here (backend "eager": no code generation, which takes
-minutes on a CPU); the speed it buys is measured in docs/benchmarks.md, not here."""
+the eager model writes. Dynamo traces every part here into graphs that run as traced (no code
+generation, which takes minutes on a CPU); what inductor's code changes, and the speed it buys, are
+measured by benchmarks/compile_gain.py (docs/benchmarks.md), not here."""
 
 from __future__ import annotations
 
@@ -35,13 +36,26 @@ def _probs(path):
     return np.stack(out)
 
 
-def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(tmp_path, raw, decisive_tiny_model, monkeypatch):
+@pytest.fixture
+def fresh_dynamo():
+    yield
+    torch._dynamo.reset()  # no traced graph of this test's models outlives it
+
+
+def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(
+    tmp_path, raw, decisive_tiny_model, monkeypatch, fresh_dynamo
+):
     compiled: list[torch.nn.Module] = []
+    graphs: list[torch.fx.GraphModule] = []
     compile_module = torch.nn.Module.compile
+
+    def record(graph: torch.fx.GraphModule, example_inputs):  # a backend that runs the graph as traced
+        graphs.append(graph)
+        return graph.forward
 
     def trace(module, *args, **kwargs):
         compiled.append(module)
-        compile_module(module, backend="eager")  # dynamo traces the part; no code is generated
+        compile_module(module, backend=record)
 
     monkeypatch.setattr(torch.nn.Module, "compile", trace)
     options = SegmentOptions(direction="forward", block_size=3, probs_dtype="float32")
@@ -51,6 +65,7 @@ def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(tmp_
     faster = segment_to_file(raw, tmp_path / "compiled.zarr", model, options.replace(compile=True))
     names = {module: name for name, module in model.named_modules()}
     assert [names[module] for module in compiled] == list(COMPILED_PARTS)  # test-tiny has every part
+    assert len(graphs) >= len(COMPILED_PARTS)  # dynamo traced them: the run went through the graphs
     assert model.state_dict().keys() == digest_before.keys()  # compiled in place: the same keys
     np.testing.assert_allclose(_probs(faster), _probs(eager), rtol=0, atol=1e-6)
 

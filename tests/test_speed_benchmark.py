@@ -83,5 +83,5 @@ def test_gpu_busy_samples_nvml_on_cuda_only(monkeypatch) -> None:
            "slices_per_s": 1.0, "windows_per_s": 1.0, "efficiency": 0.9, "encoder_ms": 1.0, "full_ms": 2.0, "ratio": 2.0,
            "segment_peak_mib": 1.0, "train_steps_per_s": 1.0, "train_batch": 4, "train_data_wait": 0.1,
            "train_peak_mib": 1.0, "parts_ms": {label: 1.0 for label in [*PARTS, "other"]}}
-    assert "| 10% | 73% | 1 |" in speed_table([{**row, "train_gpu_busy": 0.73}], "machine")
-    assert "| 10% | - | 1 |" in speed_table([{**row, "train_gpu_busy": None}], "machine")
+    assert "| 10% | 73%, 90% | 1 |" in speed_table([{**row, "train_gpu_busy": 0.73, "train_gpu_busy_median": 0.9}], "machine")
+    assert "| 10% | - | 1 |" in speed_table([{**row, "train_gpu_busy": None, "train_gpu_busy_median": None}], "machine")

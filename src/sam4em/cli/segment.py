@@ -43,7 +43,8 @@ def add_segment_parser(sub: Subparsers) -> None:
                          help="write OME-Zarr (NGFF) with pyramids and labels/<class> (implied by an .ome.zarr output)")
     segment.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     segment.add_argument("--compile", action="store_true",
-                         help="torch.compile the model first: minutes of compilation, then faster windows (long volumes)")
+                         help="torch.compile the model (its first calls compile, for minutes); meant for GPUs: "
+                              "no reliable gain on a CPU")
     segment.add_argument("--overwrite", action="store_true", help="replace an existing output (swapped in when complete)")
     segment.add_argument("--resume", action="store_true", help="finish an interrupted output")
     segment.add_argument("--workers", type=int, help="run z-blocks on a local Dask cluster of N processes")

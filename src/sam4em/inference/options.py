@@ -58,9 +58,10 @@ class SegmentOptions:
         threshold: probability above which a voxel is labelled.
         min_size, watershed: instance options, see :func:`sam4em.inference.postprocess.probs_to_instances`.
         ome: write OME-Zarr (NGFF 0.5); implied by an ``.ome.zarr`` output.
-        compile: compile the model in place first (:func:`sam4em.models.compiled.compile_parts`): minutes
-            of compilation, then faster windows; pays on long volumes. Not recorded: it changes results
-            by float rounding only. Not for Dask workers.
+        compile: compile the model in place (:func:`sam4em.models.compiled.compile_parts`); its first
+            calls compile, for minutes. Meant for GPUs: on the 2-core CPU no reliable gain was measured
+            (docs/benchmarks.md). Not recorded: the same operations, so results differ by float rounding
+            (measured by ``benchmarks/compile_gain.py``). Not for Dask workers.
         overwrite: replace an existing output (atomically, when the new one is complete).
         resume: continue a partial output written with the same model and recorded options.
 

@@ -27,19 +27,16 @@ COMPILED_PARTS = (
 )
 
 
-def compile_parts(model: nn.Module, **options: Any) -> list[str]:
+def compile_parts(model: nn.Module, **options: Any) -> None:
     """Compile `model` in place: a SAM4EM part by part (`COMPILED_PARTS`), any other model whole;
-    `options` go to `torch.compile` (e.g. ``backend="eager"`` to only trace). Returns what was compiled.
-    The first calls compile (minutes on a CPU); later ones run faster."""
+    `options` go to `torch.compile`. Compilation happens in the first calls (again for a new batch
+    size), minutes on a CPU."""
     if not isinstance(model, SAM4EM):
         model.compile(**options)
-        return [""]
-    compiled = []
+        return
     for path in COMPILED_PARTS:
         try:
             part = model.get_submodule(path)
         except AttributeError:  # an ablation without the part
             continue
         part.compile(**options)
-        compiled.append(path)
-    return compiled
