@@ -23,8 +23,8 @@ CLASSES = ("mito", "er")
 def raw(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "raw.zarr"
-    with create_volume(path, (6, 64, 80), np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
-        out[:] = (rng.random((6, 64, 80)) * 80 + np.linspace(0, 170, 80)).astype(np.uint8)
+    with create_volume(path, (4, 64, 64), np.uint8, voxel_size=(40.0, 8.0, 8.0)) as out:
+        out[:] = (rng.random((4, 64, 64)) * 80 + np.linspace(0, 170, 64)).astype(np.uint8)
     return path
 
 
@@ -58,7 +58,7 @@ def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(
         compile_module(module, backend=record)
 
     monkeypatch.setattr(torch.nn.Module, "compile", trace)
-    options = SegmentOptions(direction="forward", block_size=3, probs_dtype="float32")
+    options = SegmentOptions(direction="forward", block_size=4, probs_dtype="float32")
     eager = segment_to_file(raw, tmp_path / "eager.zarr", decisive_tiny_model(CLASSES), options)
     model = decisive_tiny_model(CLASSES)  # the same weights
     digest_before = {k: v.clone() for k, v in model.state_dict().items()}
