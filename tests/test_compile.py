@@ -61,12 +61,12 @@ def test_segment_compiles_the_model_part_by_part_and_writes_what_eager_does(
     options = SegmentOptions(direction="forward", block_size=4, probs_dtype="float32")
     eager = segment_to_file(raw, tmp_path / "eager.zarr", decisive_tiny_model(CLASSES), options)
     model = decisive_tiny_model(CLASSES)  # the same weights
-    digest_before = {k: v.clone() for k, v in model.state_dict().items()}
+    keys_before = set(model.state_dict())
     faster = segment_to_file(raw, tmp_path / "compiled.zarr", model, options.replace(compile=True))
     names = {module: name for name, module in model.named_modules()}
     assert [names[module] for module in compiled] == list(COMPILED_PARTS)  # test-tiny has every part
     assert len(graphs) >= len(COMPILED_PARTS)  # dynamo traced them: the run went through the graphs
-    assert model.state_dict().keys() == digest_before.keys()  # compiled in place: the same keys
+    assert set(model.state_dict()) == keys_before  # compiled in place: the same keys
     np.testing.assert_allclose(_probs(faster), _probs(eager), rtol=0, atol=1e-6)
 
 

@@ -275,9 +275,10 @@ def test_the_next_slice_is_read_while_the_model_runs(model, volume, monkeypatch)
         torch.testing.assert_close(probs, expected[z], rtol=0, atol=0)
 
 
-def test_streams_with_a_shared_memory_equal_one_block_at_a_time(tmp_path, raw_path, decisive_tiny_model):
-    """A shared memory keeps one bank row per window (not one per class): streams leave the batch by it."""
-    model = decisive_tiny_model(CLASSES, shared_memory=True, joint_detail=True)
+def test_streams_with_a_per_class_memory_equal_one_block_at_a_time(tmp_path, raw_path, decisive_tiny_model):
+    """SAM2's per-class memory keeps a bank row per window and class (the other tests here use test-tiny's
+    default, a shared memory with a row per window): streams leave the batch with all their rows."""
+    model = decisive_tiny_model(CLASSES, shared_memory=False, joint_detail=False)
     alone = run(raw_path, tmp_path / "alone.zarr", model, direction="forward", streams=1, batch_size=3)
     together = run(raw_path, tmp_path / "together.zarr", model, direction="forward", streams=3, batch_size=3)
     assert alone.std() > 1e-3

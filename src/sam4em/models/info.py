@@ -20,13 +20,15 @@ from torch import nn
 
 from sam4em.models.memory import MemoryBank
 
-__all__ = ["SHARED_PARTS", "BaselineOptions", "BuildOptions", "FineTune", "ModelInfo", "SegmentationModel", "class_names_tuple"]
+__all__ = ["PER_CLASS_BEFORE", "SHARED_PARTS", "BaselineOptions", "BuildOptions", "FineTune", "ModelInfo", "SegmentationModel", "class_names_tuple"]
 
 FineTune = Literal["lora", "full"]
 
 
 #: The options that run a part once per window for all classes, and that part's own option.
 SHARED_PARTS = {"shared_memory": "memory", "joint_detail": "detail_head"}
+#: What a model or training run recorded before those options existed used: every part per class.
+PER_CLASS_BEFORE = {option: False for option in SHARED_PARTS}
 
 
 @dataclass(frozen=True)

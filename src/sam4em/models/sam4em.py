@@ -149,17 +149,18 @@ class SAM4EM(SegmentationModel):
 
     def _conditioned(self, features: ImageFeatures, bank: MemoryBank | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The coarse features conditioned on `bank` and their position encoding, folded per class (N, D, h, w)."""
-        c = self.num_classes
         coarse, position = features.coarse, features.position
-        if self.memory is None:
+        memory, c = self.memory, self.num_classes
+        if memory is None:
             return coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
         # Without a bank this is a first slice: SAM2's "no memory" embedding, as at inference.
-        bank = bank if bank is not None else self.memory.new_bank()
-        if self.memory.shared_classes:  # once per window, then folded
-            coarse = self.memory.condition(coarse, position, bank)
-            return coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
+        bank = bank if bank is not None else memory.new_bank()
+        if memory.shared_classes:  # once per window, before the folding
+            coarse = memory.condition(coarse, position, bank)
         coarse, position = coarse.repeat_interleave(c, dim=0), position.repeat_interleave(c, dim=0)
-        return self.memory.condition(coarse, position, bank), position
+        if not memory.shared_classes:  # SAM2's: once per window and class
+            coarse = memory.condition(coarse, position, bank)
+        return coarse, position
 
     def refine(
         self,

@@ -24,7 +24,7 @@ from sam4em.atomic import write_atomically, write_text_atomically
 from sam4em.errors import Sam4emError
 from sam4em.models.checkpoint_files import CheckpointError, read_safetensors
 from sam4em.models.compose import compose
-from sam4em.models.info import BuildOptions, SegmentationModel
+from sam4em.models.info import PER_CLASS_BEFORE, BuildOptions, SegmentationModel
 from sam4em.models.lora import is_lora_parameter
 from sam4em.models.model_format import FORMAT_VERSION, format_version, upgrade_state
 from sam4em.models.record_checks import BASELINES, check_model_record
@@ -145,7 +145,7 @@ def _load_run(path: Path) -> SegmentationModel:
         model = baseline(**record["build"], class_names=class_names)
     else:
         # Runs saved before the classes could share the memory and the detail head have them per class.
-        options = BuildOptions(**{"shared_memory": False, "joint_detail": False, **record["build"]})
+        options = BuildOptions(**{**PER_CLASS_BEFORE, **record["build"]})
         model = compose(
             get_spec(record["base"]), options, weights_source=record.get("base_weights"), class_names=class_names
         )

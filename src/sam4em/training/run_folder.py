@@ -17,6 +17,7 @@ import yaml
 
 from sam4em.atomic import write_text_atomically
 from sam4em.fingerprint import mismatches
+from sam4em.models.info import PER_CLASS_BEFORE
 from sam4em.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from sam4em.training.data_fingerprint import check_same_data, write_data_fingerprint
 
@@ -25,7 +26,7 @@ from sam4em.training.data_fingerprint import check_same_data, write_data_fingerp
 RESUMABLE_KEYS = frozenset({"num_workers", "tensorboard"})
 # Fields added with a default that a run recorded before them did not have: what such a run used.
 # (Unset, the detail head is now joint, and the memory shared on a base trained from scratch.)
-RECORDED_BEFORE = {"model": {"shared_memory": False, "joint_detail": False}}
+RECORDED_BEFORE = {"model": PER_CLASS_BEFORE}
 CONFIG_FILE = "config.yaml"
 
 
@@ -85,8 +86,9 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
     if changed:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
         # Values the run used but config.yaml does not show (it predates the field): say them.
+        shown_in_record = _flatten(recorded)
         implied = [f"--set {key}={str(value).lower()}" for key, value in _flatten(filled).items()
-                   if key in changed and key not in _flatten(recorded)]
+                   if key in changed and key not in shown_in_record]
         own = f"the run's own values (recorded in {path})"
         if implied:
             own += f" and {' '.join(implied)}, as the run used ({path} predates them),"
