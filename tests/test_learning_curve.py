@@ -54,8 +54,9 @@ def test_methods_of_a_cell_share_slices_and_wall_time(data_dir, tmp_path):
     assert configs["sam4em-em"].model.base == str(tmp_path / "encoder") and configs["sam4em-em"].model.build.finetune == "lora"
     assert configs["sam4em-scratch"].model.base == "cpu-small"
     shared = {m for m, c in configs.items() if c.model.build.shared_memory and c.model.build.joint_detail}
-    assert shared == {"sam4em-scratch-shared", "sam4em-gen-init-shared"}
-    assert configs["sam4em-gen-init-shared"].init_from == configs["sam4em-gen-init"].init_from
+    assert shared == {"sam4em-scratch-shared", "sam4em-gen-init-shared", "sam4em-scratch-joint", "sam4em-gen-init-joint"}
+    assert {m for m, c in configs.items() if c.model.build.joint_decoder} == {"sam4em-scratch-joint", "sam4em-gen-init-joint"}
+    assert configs["sam4em-gen-init-shared"].init_from == configs["sam4em-gen-init-joint"].init_from == configs["sam4em-gen-init"].init_from
 
 
 def test_generalist_encoders_never_see_the_target_or_a_test_slice(data_dir, tmp_path):

@@ -41,7 +41,7 @@ def test_model_section_is_flat_in_yaml_and_held_as_build_options() -> None:
     written = config_to_dict(config)["model"]
     assert written == {"base": "test-tiny", "pretrained": False, "image_size": None, "lora_rank": 4,
                        "lora_alpha": 16.0, "decoder_lora": True, "memory_capacity": 6, "shared_memory": None,
-                       "joint_detail": None, "finetune": "lora", "multimask_fallback": False}
+                       "joint_detail": None, "joint_decoder": False, "finetune": "lora", "multimask_fallback": False}
     # What a run records in config.yaml reads back as the same config (a resume compares the two).
     recorded = config_to_dict(config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))))
     assert recorded == config_to_dict(config)
@@ -52,7 +52,7 @@ OTHER_BUILD_VALUES = {
     "num_classes": 3, "image_size": 96, "finetune": "lora", "lora_rank": 4, "lora_alpha": 8.0, "decoder_lora": False,
     "memory_capacity": 3, "prompt_tokens": 4, "enhancer": False, "detail_head": False, "prompt_generator": False,
     "two_stage": False, "memory": False, "shared_memory": True, "joint_detail": True,
-    "multimask_fallback": True,
+    "multimask_fallback": True, "joint_decoder": True,
 }
 
 

@@ -1,8 +1,9 @@
 """Starting a SAM4EM from one trained for other classes (a generalist model, as micro-sam fine-tunes its
-EM generalists): every weight is class-agnostic except the per-class tensors of the prompt generator
-and of a shared memory, whose first axis is the class. Those take the row of the class of the same
-name, and keep the new model's own initialisation for classes the trained one did not have (and all
-of it where only one of the two models has the tensor: a shared memory meets a per-class one).
+EM generalists): every weight is class-agnostic except the per-class tensors of the prompt generator,
+of a shared memory and of joint decoding, whose first axis is the class. Those take the row of the
+class of the same name, and keep the new model's own initialisation for classes the trained one did
+not have (and all of it where only one of the two models has the tensor: a shared memory meets a
+per-class one, a joint decoder one per class).
 The object-absent embedding is one row for every class in a per-class memory and a row per class in
 a shared one: a per-class one's row serves every class of a shared one, and a per-class memory
 started from a shared one keeps its own.
@@ -27,8 +28,11 @@ from sam4em.models.sam4em import SAM4EM
 __all__ = ["DETAIL_FUSE", "NO_OBJECT", "PER_CLASS_TENSORS", "state_for_classes"]
 
 #: State keys whose first axis is the class (the learned prompts: `PromptGenerator`, `StaticPrompts`;
-#: the class mixing of a shared memory: `SliceMemory`).
-PER_CLASS_TENSORS = ("prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights")
+#: the class mixing of a shared memory: `SliceMemory`; joint decoding's class embeddings: `JointDecoding`).
+PER_CLASS_TENSORS = (
+    "prompt_generator.queries", "prompt_generator.class_dense", "memory.class_mask_weights",
+    "joint_decoding.class_tokens", "joint_decoding.class_dense_weights",
+)
 #: (1, M) in a per-class memory, (C, M) in a shared one (`SliceMemory`).
 NO_OBJECT = "memory.no_object_embedding"
 #: The detail head's fuse (`DetailHead`): class-agnostic per class, one channel per class when joint.
@@ -71,8 +75,8 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
             remapped.update(_joint_fuse_by_name(state, source_classes, own, target_classes))
     if left:
         # Not an error (a generalist's other layout is still a good start), but trained weights go unused.
-        warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory or "
-                      f"joint_detail differ) and start afresh: {', '.join(left)}", UserWarning, stacklevel=2)
+        warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory, "
+                      f"joint_detail or joint_decoder differ) and start afresh: {', '.join(left)}", UserWarning, stacklevel=2)
     return remapped
 
 

@@ -21,6 +21,7 @@ from sam4em.models.detail_head import DetailHead
 from sam4em.models.encoder_weights import is_encoder_folder
 from sam4em.models.enhancer import FeatureEnhancer
 from sam4em.models.info import BuildOptions, FineTune, ModelInfo, class_names_tuple
+from sam4em.models.joint_decoder import JointDecoding
 from sam4em.models.lora import DECODER_TARGETS, ENCODER_TARGETS, add_lora
 from sam4em.models.memory import SliceMemory
 from sam4em.models.prompt_generator import PromptGenerator, StaticPrompts
@@ -112,8 +113,9 @@ def resolve_options(spec: ModelSpec, options: BuildOptions, *, weights_source: s
     # accuracy, the shared memory (alone within the seed spread) most of the speed. The detail head is
     # SAM4EM's own and never pretrained: joint wherever there is one. SAM2's pretrained memory (Meta's
     # weights) was trained per object and keeps that layout; an EM-pretrained encoder brings no memory.
+    # A joint decoder needs a shared memory, whatever the weights.
     sam2_memory = weights_source is not None and not is_encoder_folder(weights_source)
-    layout = {"shared_memory": options.memory and not sam2_memory, "joint_detail": options.detail_head}
+    layout = {"shared_memory": options.memory and (options.joint_decoder or not sam2_memory), "joint_detail": options.detail_head}
     unset = {option: value for option, value in layout.items() if getattr(options, option) is None}
     return replace(options, image_size=options.image_size or spec.image_size, finetune=finetune, **unset)
 
@@ -140,6 +142,7 @@ def _assemble(sam2: Sam2VideoModel, spec: ModelSpec, info: ModelInfo[BuildOption
         detail_head=DetailHead(classes=options.num_classes if options.joint_detail else 1) if options.detail_head else None,
         memory=_memory(sam2, options) if options.memory else None,
         info=info,
+        joint_decoding=JointDecoding(num_classes=options.num_classes, dim=dim) if options.joint_decoder else None,
     )
     if finetune == "lora":
         add_lora(model.image_encoder, target_modules=ENCODER_TARGETS, rank=options.lora_rank, alpha=options.lora_alpha)

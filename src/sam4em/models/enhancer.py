@@ -27,8 +27,21 @@ class _FusionBlock(nn.Module):
         for parameter in self.out.parameters():
             nn.init.zeros_(parameter)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.spatial(F.gelu(self.norm(self.reduce(x))))))
+    def forward(self, levels: list[torch.Tensor], coarser: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on the concatenation of `levels` (each (N, D, H, W)) and, last, `coarser` upsampled
+        bilinearly to (H, W).
+
+        Nothing is concatenated: a 1x1 convolution of a concatenation is the sum of its parts' 1x1
+        convolutions, and it commutes with bilinear upsampling (a per-channel weighted mean), so the
+        coarser level is reduced at its own resolution, a quarter of the pixels, before upsampling.
+        """
+        weights = self.reduce.weight.split(levels[0].shape[1], dim=1)
+        x = F.conv2d(levels[0], weights[0], self.reduce.bias)
+        for level, weight in zip(levels[1:], weights[1 : len(levels)], strict=True):
+            x = x + F.conv2d(level, weight)
+        if coarser is not None:
+            x = x + F.interpolate(F.conv2d(coarser, weights[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(F.gelu(self.spatial(F.gelu(self.norm(x)))))
 
 
 def _groups(channels: int) -> int:
@@ -55,9 +68,10 @@ class FeatureEnhancer(nn.Module):
     def forward(
         self, fine: torch.Tensor, mid: torch.Tensor, coarse: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        coarse = coarse + self.coarse(torch.cat([F.avg_pool2d(fine, 4), F.avg_pool2d(mid, 2), coarse], dim=1))
-        up_coarse = F.interpolate(coarse, size=mid.shape[-2:], mode="bilinear", align_corners=False)
-        mid = mid + self.mid(torch.cat([F.avg_pool2d(fine, 2), mid, up_coarse], dim=1))
-        up_mid = F.interpolate(mid, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        fine = fine + self.fine(torch.cat([fine, up_mid], dim=1))
+        # Coarse from pooled fine and mid, then mid from pooled fine and the new coarse, then fine from the
+        # new mid. Pooling by 4 is pooling by 2 twice (equal-sized groups), so fine is read once for both.
+        fine_at_mid = F.avg_pool2d(fine, 2)
+        coarse = coarse + self.coarse([F.avg_pool2d(fine_at_mid, 2), F.avg_pool2d(mid, 2), coarse])
+        mid = mid + self.mid([fine_at_mid, mid], coarser=coarse)
+        fine = fine + self.fine([fine], coarser=mid)
         return fine, mid, coarse

@@ -59,11 +59,20 @@ class BuildOptions:
     # Meta's `dynamic_multimask_via_stability` (eval mode only): an unstable single mask is replaced by
     # the most confident of the decoder's three multimask outputs. Off: SAM4EM always uses token 0.
     multimask_fallback: bool = False
+    # Each decoder stage runs once per window for every class, not once per class (`sam4em.models.joint_decoder`).
+    # It needs one set of memory-conditioned features per window: a shared memory, or none.
+    joint_decoder: bool = False
 
     def __post_init__(self) -> None:
         for option, part in SHARED_PARTS.items():
             if getattr(self, option) and not getattr(self, part):
                 raise ValueError(f"{option}=True needs {part}=True: a model without a {part.replace('_', ' ')} has none to share")
+        if self.joint_decoder and self.memory and self.shared_memory is False:
+            raise ValueError("joint_decoder=True needs shared_memory=True (or memory=False): a per-class memory "
+                             "conditions each class's features apart, so one decoder pass cannot serve them all")
+        if self.joint_decoder and self.multimask_fallback:
+            raise ValueError("joint_decoder=True cannot use multimask_fallback: SAM2's multimask tokens decode one object; "
+                             "set one of them to false")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,6 +21,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoMaskDeco
 from sam4em.models.detail_head import DetailHead
 from sam4em.models.enhancer import FeatureEnhancer
 from sam4em.models.info import BuildOptions, ModelInfo, SegmentationModel
+from sam4em.models.joint_decoder import JointDecoding
 from sam4em.models.memory import MemoryBank, SliceMemory
 
 # SAM2 normalises RGB inputs with ImageNet statistics; a gray EM slice is repeated over 3 channels.
@@ -97,6 +98,7 @@ class SAM4EM(SegmentationModel):
         memory: SliceMemory | None,
         info: ModelInfo[BuildOptions],
         detail_head: DetailHead | None = None,
+        joint_decoding: JointDecoding | None = None,
     ) -> None:
         super().__init__(info=info)
         self.image_encoder = image_encoder
@@ -108,6 +110,7 @@ class SAM4EM(SegmentationModel):
         self.enhancer = enhancer
         self.memory = memory
         self.detail_head = detail_head
+        self.joint_decoding = joint_decoding
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -133,6 +136,7 @@ class SAM4EM(SegmentationModel):
         Classes are folded into the batch (N = B * C, batch-major) so that each class has its own
         prompts and its own mask, exactly like SAM2 tracks several objects, and its own memory unless
         the memory is shared (then the features are conditioned once per slice, before the folding).
+        With `joint_decoding` each decoder stage then runs once per slice for all classes.
         """
         coarse, position = self._conditioned(features, bank)
         sparse, dense = self.prompt_generator(coarse, position)
@@ -192,13 +196,17 @@ class SAM4EM(SegmentationModel):
         """SAM2's single-mask decoding -> logits (N, 1, H/4, W/4) and object-score logits (N, 1).
 
         With the model's `multimask_fallback`, the decoder (in eval mode) swaps an unstable token-0
-        mask for its most confident multimask output, as Meta's predictors do."""
+        mask for its most confident multimask output, as Meta's predictors do. With `joint_decoding`,
+        one pass per window decodes every class (the C rows of a window's `coarse` are the same)."""
         c = self.num_classes
         n = coarse.shape[0]
-        high_res = [
-            decoder.conv_s0(features.fine).repeat_interleave(c, dim=0),
-            decoder.conv_s1(features.mid).repeat_interleave(c, dim=0),
-        ]
+        skips = decoder.conv_s0(features.fine), decoder.conv_s1(features.mid)
+        if self.joint_decoding is not None:
+            return self.joint_decoding(
+                decoder, image_embeddings=coarse[::c], image_position=decoder_position, sparse=sparse, dense=dense,
+                high_resolution=skips,
+            )
+        high_res = [skip.repeat_interleave(c, dim=0) for skip in skips]
         masks, _, _, object_scores = decoder(
             image_embeddings=coarse,
             image_positional_embeddings=decoder_position.expand(n, -1, -1, -1),

@@ -30,11 +30,11 @@ _UNUSED = re.compile(
 
 def is_adapter_parameter(name: str) -> bool:
     """Parameters that LoRA fine-tuning trains besides LoRA itself: the enhancer, the detail head, the prompt generator,
-    SAM's mask-prompt embedding (stage 2 reads stage-1 logits through it) and the decoders' output
-    heads (everything of a decoder outside its two-way transformer)."""
+    joint decoding's class embeddings, SAM's mask-prompt embedding (stage 2 reads stage-1 logits through it) and
+    the decoders' output heads (everything of a decoder outside its two-way transformer)."""
     if _UNUSED.match(name):
         return False
-    if name.startswith(("enhancer.", "detail_head.", "prompt_generator.", "prompt_encoder.mask_embed.")):
+    if name.startswith(("enhancer.", "detail_head.", "prompt_generator.", "joint_decoding.", "prompt_encoder.mask_embed.")):
         return True
     return name.startswith(("stage1_decoder.", "stage2_decoder.")) and ".transformer." not in name
 

@@ -76,7 +76,7 @@ class ModelConfig:
 #: The `BuildOptions` fields a config sets under ``model:`` (the others: `METHODS` and ``classes``).
 CONFIGURABLE_BUILD_OPTIONS = (
     "image_size", "lora_rank", "lora_alpha", "decoder_lora", "memory_capacity", "shared_memory", "joint_detail",
-    "finetune", "multimask_fallback",
+    "joint_decoder", "finetune", "multimask_fallback",
 )
 
 
@@ -120,7 +120,7 @@ class TrainConfig:
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=50, batch_size=1, lr=2e-4))
     loss: LossConfig = field(default_factory=LossConfig)
     # A trained run folder to start from: a stage-1 run when only stage 2 runs, or a generalist trained on
-    # other classes (same base and build options, except that shared_memory and joint_detail may differ;
+    # other classes (same base and build options, except that shared_memory, joint_detail and joint_decoder may differ;
     # per-class tensors are taken by class name: `sam4em.models.class_transfer`).
     init_from: str | None = None
     seed: int = 0
@@ -317,8 +317,12 @@ def validate(config: TrainConfig) -> None:
 
 
 def _check_class_sharing(config: TrainConfig) -> None:
-    """Refuse `shared_memory` / `joint_detail` for a method without the part they share."""
+    """Refuse `shared_memory` / `joint_detail` for a method without the part they share, and
+    `joint_decoder` for one without SAM2's decoders."""
     spec = METHODS[config.method]
+    if config.model.build.joint_decoder and spec.architecture != "sam2":
+        raise ConfigError(f"model.joint_decoder: method {config.method} has no SAM2 decoder; "
+                          "remove model.joint_decoder or choose a method with one (sam4em)")
     for option, part in SHARED_PARTS.items():
         if getattr(config.model.build, option) and (spec.architecture != "sam2" or not dict(spec.build).get(part, True)):
             raise ConfigError(f"model.{option}: method {config.method} has no {part.replace('_', ' ')} to share; "

@@ -17,6 +17,8 @@ then segment the same test crop. Methods:
   generalist trains the 2D stage only, so its memory is still at its initialisation.
 - ``sam4em-scratch-shared`` / ``sam4em-gen-init-shared``: the same two with the memory and the detail
   head shared by the classes (``model.shared_memory`` and ``model.joint_detail``).
+- ``sam4em-scratch-joint`` / ``sam4em-gen-init-joint``: the ``-shared`` two with the decoders, too,
+  run once per window for all classes (``model.joint_decoder``).
 
 Annotation: N evenly spaced slices of the training part (`labelled_slices`), plus one annotated slice
 in the middle of the validation block for model selection (the same for every method and N); "all"
@@ -59,6 +61,9 @@ CURVE_METHODS: dict[str, dict[str, Any]] = {
     "sam4em-gen-init": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True},
     "sam4em-scratch-shared": {"method": "sam4em", "shared": True},
     "sam4em-gen-init-shared": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True, "shared": True},
+    "sam4em-scratch-joint": {"method": "sam4em", "shared": True, "joint_decoder": True},
+    "sam4em-gen-init-joint": {"method": "sam4em", "encoder": "generalist", "finetune": "full", "init": True, "shared": True,
+                              "joint_decoder": True},
 }
 # The generalist encoder of a target dataset: SAM4EM trained on these datasets' annotated training parts
 # (all labels, 2D stage), one after another, each continuing from the encoder the one before left;
@@ -166,7 +171,8 @@ def finetune_config(
     return {
         "method": spec["method"], "classes": plan.classes, "volumes": [volume],
         "model": {"base": str(encoder) if spec.get("encoder") else "cpu-small", "finetune": spec.get("finetune"),
-                  "shared_memory": spec.get("shared", False), "joint_detail": spec.get("shared", False)},
+                  "shared_memory": spec.get("shared", False), "joint_detail": spec.get("shared", False),
+                  "joint_decoder": spec.get("joint_decoder", False)},
         "stage1": {"steps": 1_000_000, "batch_size": profile.batch_size, "lr": 1e-3, "warmup_steps": 20,
                    "max_seconds": stage1_seconds, "layer_decay": spec.get("layer_decay", 1.0)},
         "stage2": {"steps": 1_000_000, "batch_size": 1, "lr": 2e-4, "warmup_steps": 5, "clip_length": plan.clip_length,
