@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 14's GPU measurements in one device call (docs/benchmarks.md, "Speed (issue 14)"):
-#   1. sam4em benchmark --profile speed --device cuda: hiera-tiny per class and shared, base-plus; random
+#   1. sam4em benchmark --profile speed --device cuda: hiera-tiny per class, shared and joint, base-plus; random
 #      weights; slices/s end to end, model-only rate, SAM4EM / encoder, peak memory, training steps/s,
 #      data wait and how busy the GPU was. Planned to take under 5 minutes (never run yet).
 #   2. benchmarks/compile_gain.py: what `segment --compile` buys per window on hiera-tiny, in the time

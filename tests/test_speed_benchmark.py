@@ -7,30 +7,34 @@ import pytest
 import torch
 
 from sam4em.models import build_model
-from sam4em.workflows.speed_benchmark import PARTS, part_times, speed_cases
+from sam4em.workflows.speed_benchmark import LAYOUTS, PARTS, _has, part_times, speed_cases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_every_part_is_timed_and_nothing_twice(shared: bool) -> None:
-    model = build_model("test-tiny", 3, pretrained=False, shared_memory=shared, joint_detail=shared).eval()
-    for paths in PARTS.values():
-        for path in paths:
-            model.get_submodule(path)  # a renamed module would silently time as 0 ms
-    images = torch.rand(2, 1, model.image_size, model.image_size)
-    parts = part_times(model, images, repeats=1)
-    assert set(parts) == {*PARTS, "other"}
-    assert all(parts[label] > 0 for label in PARTS), parts
-    # Hooked modules inside hooked modules (the decoders' convolutions) count once: the parts add up
-    # to no more than the whole pass ("other", the rest, is not negative).
-    assert parts["other"] >= 0
+def test_every_part_is_timed_and_nothing_twice() -> None:
+    found = set()
+    for options, _ in LAYOUTS.values():
+        model = build_model("test-tiny", 3, pretrained=False, **options).eval()
+        found |= {path for paths in PARTS.values() for path in paths if _has(model, path)}
+        images = torch.rand(2, 1, model.image_size, model.image_size)
+        parts = part_times(model, images, repeats=1)
+        assert set(parts) == {*PARTS, "other"}
+        assert all(parts[label] > 0 for label in PARTS), (options, parts)
+        # Hooked modules inside hooked modules (the decoders' convolutions) count once: the parts add up
+        # to no more than the whole pass ("other", the rest, is not negative).
+        assert parts["other"] >= 0
+    # A renamed module would silently time as 0 ms: every path is a module of some layout.
+    assert found == {path for paths in PARTS.values() for path in paths}
 
 
 def test_cases_follow_the_device() -> None:
-    assert [c.label for c in speed_cases("cpu")] == ["cpu-small (per class)", "cpu-small (shared memory, joint detail)"]
+    assert [c.label for c in speed_cases("cpu")] == [
+        "cpu-small (per class)", "cpu-small (shared memory, joint detail)", "cpu-small (shared memory, joint detail and decoders)"
+    ]
     assert [c.label for c in speed_cases("cuda")] == [
-        "sam2.1-hiera-tiny (per class)", "sam2.1-hiera-tiny (shared memory, joint detail)", "sam2.1-hiera-base-plus (per class)"
+        "sam2.1-hiera-tiny (per class)", "sam2.1-hiera-tiny (shared memory, joint detail)",
+        "sam2.1-hiera-tiny (shared memory, joint detail and decoders)", "sam2.1-hiera-base-plus (per class)",
     ]
     assert all(c.device == "cuda:1" for c in speed_cases("cuda:1"))
 

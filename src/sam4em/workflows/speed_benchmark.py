@@ -1,9 +1,10 @@
 """`sam4em benchmark --profile speed`: how fast SAM4EM runs where users run it (issue 14).
 
 Per model (``cpu-small`` on a CPU; ``sam2.1-hiera-tiny`` and ``sam2.1-hiera-base-plus`` on CUDA; the
-first of them twice: per class, as SAM2 runs objects and as Meta's weights default to, and with the
-memory and the detail head shared by the classes, `BuildOptions.shared_memory` and ``joint_detail``, as
-a base trained from scratch defaults to), each in a fresh process so that its peak
+first of them in each class layout (`LAYOUTS`): per class, as SAM2 runs objects and as Meta's weights
+default to; with the memory and the detail head shared by the classes, `BuildOptions.shared_memory`
+and ``joint_detail``, as a base trained from scratch defaults to; and with the decoders joint too,
+``joint_decoder``), each in a fresh process so that its peak
 memory is its own, with random weights (speed does not depend on them) and 3 classes:
 
 - **end to end**: slices/s of :func:`sam4em.inference.streaming.segment_to_file` on a random uint8
@@ -67,8 +68,9 @@ PARTS = {
                        "memory.memory_encoder.projection"),
     "prompt generator": ("prompt_generator", "prompt_encoder.mask_embed"),
     # The decoders' high-resolution convolutions run outside their forward, once per slice batch.
+    # Joint decoding runs the decoders' parts itself, not their forward.
     "mask decoders": ("stage1_decoder", "stage2_decoder", "stage1_decoder.conv_s0", "stage1_decoder.conv_s1",
-                      "stage2_decoder.conv_s0", "stage2_decoder.conv_s1"),
+                      "stage2_decoder.conv_s0", "stage2_decoder.conv_s1", "joint_decoding"),
     "detail head": ("detail_head", "detail_head.stem"),
 }
 
@@ -88,26 +90,34 @@ class SpeedCase:
     batch_size: int
     train_seconds: float
     repeats: int
-    # `BuildOptions.shared_memory` and `joint_detail`: the memory and the detail head once per window, not per class
-    shared: bool = False
+    # A key of `LAYOUTS`: which parts run once per window rather than once per class
+    layout: str = "per-class"
 
     @property
     def label(self) -> str:
-        # Both named: the memory's default layout differs by weights (shared from scratch, per class on Meta's).
-        return f"{self.model} ({'shared memory, joint detail' if self.shared else 'per class'})"
+        # Always named: the memory's default layout differs by weights (shared from scratch, per class on Meta's).
+        return f"{self.model} ({LAYOUTS[self.layout][1]})"
+
+
+#: The class layouts measured: key -> (build options, label).
+LAYOUTS = {
+    "per-class": ({"shared_memory": False, "joint_detail": False, "joint_decoder": False}, "per class"),
+    "shared": ({"shared_memory": True, "joint_detail": True, "joint_decoder": False}, "shared memory, joint detail"),
+    "joint": ({"shared_memory": True, "joint_detail": True, "joint_decoder": True}, "shared memory, joint detail and decoders"),
+}
 
 
 def speed_cases(device: str) -> list[SpeedCase]:
     """The models measured on `device` ("cpu" or "cuda"): each base as SAM2 runs objects (memory and detail
-    head per class), and the first also with both shared by the classes."""
+    head per class), and the first also in the other `LAYOUTS`."""
     if device.startswith("cuda"):
         # 6 blocks of 16: automatic streams put 6 x 9 windows through each call.
         gpu = partial(SpeedCase, device=device, window=512, slice_size=1024, slices=96, block_size=16, batch_size=16,
                       train_seconds=40.0, repeats=10)
-        return [gpu("sam2.1-hiera-tiny"), gpu("sam2.1-hiera-tiny", shared=True), gpu("sam2.1-hiera-base-plus")]
+        return [gpu("sam2.1-hiera-tiny", layout=layout) for layout in LAYOUTS] + [gpu("sam2.1-hiera-base-plus")]
     cpu = partial(SpeedCase, "cpu-small", device, window=256, slice_size=512, slices=8, block_size=8, batch_size=8,
                   train_seconds=25.0, repeats=3)
-    return [cpu(), cpu(shared=True)]
+    return [cpu(layout=layout) for layout in LAYOUTS]
 
 
 # -- measurements (run inside the case's own process) ------------------------------------------------
@@ -341,8 +351,7 @@ def measure_case(case: SpeedCase, workdir: Path) -> dict[str, Any]:
 
     device = torch.device(case.device)
     torch.manual_seed(0)
-    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window, shared_memory=case.shared,
-                        joint_detail=case.shared)
+    model = build_model(case.model, CLASSES, pretrained=False, image_size=case.window, **LAYOUTS[case.layout][0])
     model = model.eval().to(device)
     result: dict[str, Any] = {**asdict(case), "label": case.label, "classes": CLASSES}
     result.update(stream_rate(model, case, workdir))
@@ -352,7 +361,7 @@ def measure_case(case: SpeedCase, workdir: Path) -> dict[str, Any]:
     result["parts_ms"] = part_times(model, images, max(1, case.repeats // 2))
     result["model_batch"] = images.shape[0]
     del model
-    if case.shared:
+    if case.layout != "per-class":
         return result  # training is measured on one class (`training_rate`), where sharing changes nothing
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -427,7 +436,7 @@ def run_speed_benchmark(*, out_dir: str | os.PathLike[str], device: str | None =
     results = []
     for case in speed_cases(chosen):
         print(f"sam4em benchmark --profile speed: {case.label} on {chosen}", flush=True)
-        result_file = out / f"speed_{case.model}{'_shared' if case.shared else ''}.json"
+        result_file = out / f"speed_{case.model}{'' if case.layout == 'per-class' else '_' + case.layout}.json"
         run_in_process(context, _case_worker, (case, result_file), case.label)
         results.append(json.loads(result_file.read_text()))
     write_json(out / "speed.json", results, overwrite=True)
