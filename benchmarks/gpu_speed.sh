@@ -2,7 +2,8 @@
 # Issue 14's GPU measurements in one device call (docs/benchmarks.md, "Speed (issue 14)"):
 #   1. sam4em benchmark --profile speed --device cuda: hiera-tiny per class, shared and joint, base-plus; random
 #      weights; slices/s end to end, model-only rate, SAM4EM / encoder, peak memory, training steps/s,
-#      data wait and how busy the GPU was. Planned to take under 5 minutes (never run yet).
+#      data wait and how busy the GPU was. Planned to take about 5 minutes (never run yet; its fourth case,
+#      hiera-tiny with joint decoders, adds no training run), leaving less for step 2.
 #   2. benchmarks/compile_gain.py: what `segment --compile` buys per window on hiera-tiny, in the time
 #      left before 450 s.
 # Prepare here with benchmarks/gpu_wheels.sh, then call the device tool from the repository root with

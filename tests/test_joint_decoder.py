@@ -3,12 +3,16 @@ each class keeping its own tokens, prompts and output."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoMaskDecoder
 
 from sam4em.models import build_model, load_model, save_model, set_trainable
 from sam4em.models.class_transfer import state_for_classes
-from sam4em.training.config import ConfigError, config_from_dict
+from sam4em.training.config import ConfigError, config_from_dict, config_to_dict
+from sam4em.training.method_builder import build_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +33,32 @@ def joint3():
 
 def _slices(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_with_one_class_it_is_sam2s_single_mask_decoding():
+    """With its class embedding at zero and its dense weight at one, the one class's pass is SAM2's
+    decoder with only its single-mask token (transformers' `Sam2VideoMaskDecoder`, no multimask tokens)."""
+    model = _moved(build_model("test-tiny", 1, pretrained=False, joint_decoder=True, memory=False), 3)
+    decoder = model.stage1_decoder
+    sam2 = Sam2VideoMaskDecoder(dataclasses.replace(decoder.config, num_multimask_outputs=0)).eval()
+    own = {k: v for k, v in decoder.state_dict().items() if not k.startswith(("mask_tokens.", "iou_prediction_head."))}
+    sam2.load_state_dict({**own, "mask_tokens.weight": decoder.mask_tokens.weight[:1]}, strict=False)
+    with torch.no_grad():
+        model.joint_decoding.class_tokens.zero_()
+        model.joint_decoding.class_dense_weights.fill_(1.0)
+        features = model.encode(_slices(2, 5))
+        coarse, position = model._conditioned(features, None)
+        sparse, dense = model.prompt_generator(coarse, position)
+        decoder_position = model._decoder_position(coarse)
+        got, got_scores = model._run_decoder(decoder, features, coarse, sparse, dense, decoder_position)
+        masks, _, _, scores = sam2(
+            image_embeddings=coarse, image_positional_embeddings=decoder_position.expand(2, -1, -1, -1),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            high_resolution_features=[decoder.conv_s0(features.fine), decoder.conv_s1(features.mid)],
+        )
+    assert got.abs().mean() > 1e-2  # not trivially zero
+    torch.testing.assert_close(got, masks[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_scores, scores.reshape(2, 1), rtol=0, atol=1e-5)
 
 
 def test_each_decoder_stage_runs_once_per_window(joint3):
@@ -110,6 +140,20 @@ def test_a_training_config_asks_for_it_and_a_u_net_refuses_it():
     assert config_from_dict(raw).model.build.joint_decoder
     with pytest.raises(ConfigError, match=r"model\.joint_decoder: method unet2d has no SAM2 decoder"):
         config_from_dict({**raw, "method": "unet2d"})
+    with pytest.raises(ConfigError, match=r"^model: joint_decoder=True needs shared_memory=True"):
+        config_from_dict({**raw, "model": {**raw["model"], "shared_memory": False}})
+
+
+def test_from_a_per_class_run_it_still_gets_the_shared_memory_it_needs():
+    """With `init_from`, an unset `shared_memory` follows the run started from, but not into a layout
+    the joint decoder cannot use."""
+    per_class = build_model("test-tiny", pretrained=False, class_names=["a", "b"], shared_memory=False)
+    config = config_from_dict({"classes": "a=1,b=2", "volumes": [{"image": "x.tif", "labels": "y.tif"}],
+                               "model": {"base": "test-tiny", "joint_decoder": True}})  # fmt: skip
+    model = build_method(config, ["a", "b"], starts_from=per_class)
+    assert model.info.build_options.shared_memory and model.joint_decoding is not None
+    plain = config_from_dict({**config_to_dict(config), "model": {"base": "test-tiny"}})
+    assert not build_method(plain, ["a", "b"], starts_from=per_class).info.build_options.shared_memory
 
 
 def test_init_from_takes_the_class_embeddings_by_name(joint3):

@@ -19,10 +19,11 @@ from sam4em.models.sam4em import SAM4EM
 __all__ = ["COMPILED_PARTS", "compile_parts"]
 
 #: The SAM4EM submodules compiled, each on its own (those a model lacks are skipped). The memory
-#: encoder's downsampler and fuser are named, not the encoder: a shared memory calls them itself.
+#: encoder's downsampler and fuser are named, not the encoder: a shared memory calls them itself. So
+#: is joint decoding, which runs the decoders' parts itself (the decoders' forward then never runs).
 COMPILED_PARTS = (
-    "image_encoder", "enhancer", "prompt_generator", "stage1_decoder", "stage2_decoder", "detail_head",
-    "detail_head.stem", "memory.memory_encoder.mask_downsampler", "memory.memory_encoder.memory_fuser",
+    "image_encoder", "enhancer", "prompt_generator", "stage1_decoder", "stage2_decoder", "joint_decoding",
+    "detail_head", "detail_head.stem", "memory.memory_encoder.mask_downsampler", "memory.memory_encoder.memory_fuser",
     "memory.memory_attention",
 )
 

@@ -187,7 +187,13 @@ def _build_model_config(data: Any, where: str) -> ModelConfig:
     hints = get_type_hints(ModelConfig)
     top = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items() if k in ("base", "pretrained")}
     options = {k: v for k, v in data.items() if k in CONFIGURABLE_BUILD_OPTIONS}
-    return ModelConfig(**top, build=_build(BuildOptions, options, where))
+    try:
+        build = _build(BuildOptions, options, where)
+    except ConfigError:
+        raise
+    except ValueError as error:  # `BuildOptions`' own checks of how the options combine
+        raise ConfigError(f"{where}: {error}") from None
+    return ModelConfig(**top, build=build)
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:

@@ -23,7 +23,8 @@ def build_method(config: TrainConfig, class_names: Sequence[str], *, starts_from
 
     `starts_from`: the trained model of `config.init_from`. Whether the classes share the memory and the
     detail head, where the config leaves it unset, then follows that model, whose weights were trained
-    so (its per-object memory, from Meta's weights, stays per object), rather than the base's weights.
+    so (its per-object memory, from Meta's weights, stays per object), rather than the base's weights;
+    except that a joint decoder always gets the shared memory it needs.
     """
     spec = METHODS[config.method]
     base, options = config.model.base, config.model.build
@@ -39,7 +40,8 @@ def build_method(config: TrainConfig, class_names: Sequence[str], *, starts_from
     fields = {k: v for k, v in {**asdict(options), **dict(spec.build)}.items() if k != "num_classes"}
     if isinstance(starts_from, SAM4EM):
         for option, part in SHARED_PARTS.items():
-            if fields[option] is None:
+            # A joint decoder needs a shared memory whatever the other run had (`resolve_options` turns it on).
+            if fields[option] is None and not (option == "shared_memory" and fields["joint_decoder"]):
                 fields[option] = bool(getattr(starts_from.info.build_options, option)) and fields[part]
     return build_model(base, pretrained=config.model.pretrained, class_names=class_names, **fields)
 

@@ -100,7 +100,7 @@ class SpeedCase:
 
 
 #: The class layouts measured: key -> (build options, label).
-LAYOUTS = {
+LAYOUTS: dict[str, tuple[dict[str, Any], str]] = {
     "per-class": ({"shared_memory": False, "joint_detail": False, "joint_decoder": False}, "per class"),
     "shared": ({"shared_memory": True, "joint_detail": True, "joint_decoder": False}, "shared memory, joint detail"),
     "joint": ({"shared_memory": True, "joint_detail": True, "joint_decoder": True}, "shared memory, joint detail and decoders"),
