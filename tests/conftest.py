@@ -31,6 +31,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.data)
 
 
+@pytest.fixture(scope="session")
+def moved_weights():
+    """A function (model, seed) -> `model` with every weight moved away from its initialisation (so that
+    zero-initialised outputs and embeddings count, and the classes' prompts differ), in eval mode."""
+    import torch
+
+    def move(model, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        return model.eval()
+
+    return move
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """torch on one intra-op thread: on two shared CPU cores two threads can be ~20x slower (spinning)."""

@@ -17,28 +17,19 @@ from sam4em.training.method_builder import build_method
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _moved(model, seed: int):
-    """`model` with every weight moved away from its initialisation, in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def joint3():
-    return _moved(build_model("test-tiny", 3, pretrained=False, joint_decoder=True), 1)
+def joint3(moved_weights):
+    return moved_weights(build_model("test-tiny", 3, pretrained=False, joint_decoder=True), 1)
 
 
 def _slices(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def test_with_one_class_it_is_sam2s_single_mask_decoding():
+def test_with_one_class_it_is_sam2s_single_mask_decoding(moved_weights):
     """With its class embedding at zero and its dense weight at one, the one class's pass is SAM2's
     decoder with only its single-mask token (transformers' `Sam2VideoMaskDecoder`, no multimask tokens)."""
-    model = _moved(build_model("test-tiny", 1, pretrained=False, joint_decoder=True, memory=False), 3)
+    model = moved_weights(build_model("test-tiny", 1, pretrained=False, joint_decoder=True, memory=False), 3)
     decoder = model.stage1_decoder
     sam2 = Sam2VideoMaskDecoder(dataclasses.replace(decoder.config, num_multimask_outputs=0)).eval()
     own = {k: v for k, v in decoder.state_dict().items() if not k.startswith(("mask_tokens.", "iou_prediction_head."))}
@@ -76,11 +67,11 @@ def test_each_decoder_stage_runs_once_per_window(joint3):
     assert out.logits.shape == (2, 3, 64, 64) and out.object_score.shape == (6, 1)
 
 
-def test_swapping_two_classes_swaps_their_outputs():
+def test_swapping_two_classes_swaps_their_outputs(moved_weights):
     """Each class's output comes from its own tokens, prompts and weights, in window-major order: swapping
     every per-class tensor of classes 0 and 2 swaps their masks and object scores in both windows and
     leaves class 1's alone. (No memory and no detail head, whose class weights are tested elsewhere.)"""
-    model = _moved(build_model("test-tiny", 3, pretrained=False, joint_decoder=True, memory=False, detail_head=False), 2)
+    model = moved_weights(build_model("test-tiny", 3, pretrained=False, joint_decoder=True, memory=False, detail_head=False), 2)
     images = _slices(2, 20)
     with torch.no_grad():
         before = model.decode(model.encode(images))

@@ -12,27 +12,17 @@ from sam4em.training.config import config_from_dict
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _moved(model, seed: int):
-    """`model` with every weight moved away from its initialisation (the classes' prompts differ, and the
-    object-absent embeddings are no longer zero), in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def shared3():
-    return _moved(build_model("test-tiny", 3, pretrained=False, shared_memory=True, joint_detail=True), 1)
+def shared3(moved_weights):
+    return moved_weights(build_model("test-tiny", 3, pretrained=False, shared_memory=True, joint_detail=True), 1)
 
 
 def _slices(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def test_with_one_class_the_shared_memory_is_sam2s():
-    per_class = _moved(build_model("test-tiny", 1, pretrained=False, shared_memory=False), 2)
+def test_with_one_class_the_shared_memory_is_sam2s(moved_weights):
+    per_class = moved_weights(build_model("test-tiny", 1, pretrained=False, shared_memory=False), 2)
     shared = build_model("test-tiny", 1, pretrained=False, shared_memory=True).eval()
     state = per_class.state_dict()
     state["memory.class_mask_weights"] = torch.ones_like(shared.memory.class_mask_weights)
@@ -169,11 +159,11 @@ def test_a_memory_trained_from_scratch_is_shared_by_default_and_meta_s_is_per_cl
     assert _layout(build_model(meta_format, 3, base="test-tiny")) == (False, True, 0, 3)
 
 
-def test_a_run_saved_before_the_shared_layout_existed_loads_per_class(tmp_path):
+def test_a_run_saved_before_the_shared_layout_existed_loads_per_class(tmp_path, moved_weights):
     """Its config.yaml has no shared_memory or joint_detail: it was per class, and loads so, unchanged."""
     import yaml
 
-    model = _moved(build_model("test-tiny", 2, pretrained=False, shared_memory=False, joint_detail=False), 5)
+    model = moved_weights(build_model("test-tiny", 2, pretrained=False, shared_memory=False, joint_detail=False), 5)
     save_model(model, tmp_path / "run")
     record_file = tmp_path / "run" / "config.yaml"
     record = yaml.safe_load(record_file.read_text())
