@@ -31,15 +31,15 @@ gui-deps:
 		apt-get install -y -qq $(XVFB_PACKAGES) >/dev/null; } \
 		|| { echo "make: install Xvfb for the GUI tests: apt-get install $(XVFB_PACKAGES)"; exit 1; }
 
-# mypy runs on the second core while pytest runs (most tests use one torch thread), which keeps the
-# whole target well inside CI's 10 minutes on 2 cores; its report follows pytest's, and either failing
-# fails the target.
+# mypy runs on the second core while pytest runs (many tests use one torch thread), which keeps the
+# whole target well inside CI's 10 minutes on 2 cores. Its report follows pytest's, either failing fails
+# the target, and an interrupted run stops it too (a background job of sh ignores Ctrl-C).
 test: $(STAMP) gui-deps
 	$(BIN)/ruff check .
-	$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & mypy=$$!; \
+	log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & mypy=$$!; trap 'kill $$mypy 2>/dev/null; rm -f $$log; exit 130' INT TERM; \
 	$(BIN)/python -m pytest -q; tests=$$?; \
-	wait $$mypy; types=$$?; cat $(VENV)/mypy.log; \
-	[ $$tests -eq 0 ] && [ $$types -eq 0 ]
+	wait $$mypy; types=$$?; cat $$log; rm -f $$log; \
+	echo "make test: pytest exit $$tests, mypy exit $$types"; [ $$tests -eq 0 ] && [ $$types -eq 0 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
