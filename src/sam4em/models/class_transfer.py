@@ -76,8 +76,8 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
     if left:
         # Not an error (a generalist's other layout is still a good start), but trained weights go unused.
         warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory, "
-                      f"joint_detail or joint_decoder differ) and are not taken: {', '.join(left)}; to take them, set "
-                      "those options as the run started from had them", UserWarning, stacklevel=2)
+                      "joint_detail or joint_decoder differ) and are not taken (to take them, set those options as the "
+                      f"run started from had them): {', '.join(left)}", UserWarning, stacklevel=2)
     return remapped
 
 
