@@ -78,3 +78,25 @@ def test_compile_is_refused_for_dask_workers(tmp_path, raw, capsys):
     assert code == 2 and len(lines) == 1, lines
     assert "--compile" in lines[0] and "drop --compile or --workers" in lines[0]
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_joint_decoding_compiles_and_decodes_as_eager(decisive_tiny_model, fresh_dynamo):
+    """Joint decoding runs the decoders' parts itself (their forward never runs), so it is a compiled part of
+    its own: dynamo traces it with the decoder passed in, one graph per decoder stage."""
+    from sam4em.models.compiled import compile_parts
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(graph: torch.fx.GraphModule, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    model = decisive_tiny_model(CLASSES, joint_decoder=True)
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = model.encode(images)
+        eager = model.decode(features)
+        compile_parts(model, backend=record)  # every part; decode() runs those after the encoder
+        compiled = model.decode(features)
+    assert sum("class_tokens" in graph.code for graph in graphs) == 2
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=0, atol=1e-6)
