@@ -31,10 +31,13 @@ class JointDecoding(nn.Module):
 
     def __init__(self, *, num_classes: int, dim: int) -> None:
         super().__init__()
-        self.num_classes = num_classes
         # Distinct from the start: identical class tokens would attend alike and never tell the classes apart.
         self.class_tokens = nn.Parameter(torch.randn(num_classes, dim) * 0.02)
         self.class_dense_weights = nn.Parameter(torch.full((num_classes, dim), 1.0 / num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_tokens.shape[0]
 
     def forward(
         self,
