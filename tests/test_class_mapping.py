@@ -89,6 +89,16 @@ def test_validate_samples_slices_of_large_volumes() -> None:
     ClassMapping.parse("mito=255").validate(volume, max_slices=8)
     assert len(volume.read) == 8
 
+    # A code that is rare along z (here one slice between two sampled ones) is still found: only then are
+    # the other slices read, in order, until every code has been seen.
+    data[41, 1, 1] = 128
+    volume = CountingVolume(data)
+    ClassMapping.parse("mito=255,synapse=128").validate(volume, max_slices=8)
+    assert 41 in volume.read and 41 in volume.read[8:]
+    assert volume.read[-1] == 41 and len(set(volume.read)) == len(volume.read)
+    with pytest.raises(ClassMappingError, match=r"7 \(glia\) of mapping .* do not occur in the labels"):
+        ClassMapping.parse("mito=255,glia=7").validate(CountingVolume(data), max_slices=8)
+
 
 @pytest.mark.data
 def test_vnc_codes_all_present_in_real_labels(data_dir: Path) -> None:

@@ -11,8 +11,10 @@ import tifffile
 import torch
 
 from sam4em.models import build_model, load_model
+from sam4em.models.checkpoint_files import CheckpointError
 from sam4em.models.class_transfer import DETAIL_FUSE, NO_OBJECT, PER_CLASS_TENSORS, state_for_classes
 from sam4em.models.serialization import save_model
+from sam4em.models.weights import load_state_strict
 from sam4em.training.config import config_from_dict
 from sam4em.training.trainer import train
 
@@ -193,3 +195,38 @@ def test_a_joint_fuse_takes_each_class_s_channels_by_name():
     for key in (out, out_bias):
         assert torch.equal(state[key][0], trained[key][1]) and torch.equal(state[key][1], fresh[key][1])
     assert torch.equal(state["detail_head.fuse.0.bias"], trained["detail_head.fuse.0.bias"])
+
+
+@pytest.mark.parametrize(("source_classes", "target_classes"), [(["mito"], ["mito", "synapse"]), (["glia", "mito"], ["mito"])])
+def test_one_class_fits_either_layout(source_classes, target_classes):
+    """With one class a joint detail fuse or a shared memory is also a per-class one. So between one class
+    and several, in either direction, a joint fuse's and the object-absent embedding's class rows are
+    taken by name and nothing trained goes unused but what the target has no class for."""
+    source = build_model("test-tiny", class_names=source_classes, pretrained=False)  # shared memory, joint fuse
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.add_(1.0)
+    target = build_model("test-tiny", class_names=target_classes, pretrained=False)
+    trained, fresh = source.state_dict(), _copy(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = state_for_classes(trained, source.info.class_names, target)
+    target.load_state_dict(state, strict=True)
+    s, t = source_classes.index("mito"), target_classes.index("mito")
+    detail = target.detail_head.stem[-3].out_channels
+    first, out = "detail_head.fuse.0.weight", "detail_head.fuse.2.weight"
+    assert torch.equal(state[out][t], trained[out][s])
+    assert torch.equal(state[first][:, detail + t], trained[first][:, detail + s])
+    assert torch.equal(state[NO_OBJECT][t], trained[NO_OBJECT][0 if len(source_classes) == 1 else s])
+    if "synapse" in target_classes:  # new: its own fuse row (zero: plain upsampling at first)
+        assert torch.equal(state[out][1], fresh[out][1])
+
+
+def test_a_model_of_another_architecture_is_left_to_strict_loading():
+    """A generalist of another base has per-class rows of another width: they are passed on as they are,
+    so that strict loading names every mismatch in one line (not a shape error from inside the remapping)."""
+    source = build_model("cpu-small", class_names=["mito"], pretrained=False, image_size=64)
+    target = build_model("test-tiny", class_names=["mito"], pretrained=False)
+    state = state_for_classes(source.state_dict(), source.info.class_names, target)
+    with pytest.raises(CheckpointError, match=r"init_from run: checkpoint does not match the architecture; .*mismatched shape"):
+        load_state_strict(target, state, source="init_from run")

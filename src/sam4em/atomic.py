@@ -5,11 +5,12 @@ never half of one (a resumed run must be able to trust what it finds)."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomically", "write_text_atomically"]
+__all__ = ["remove_leftovers", "write_atomically", "write_text_atomically"]
 
 
 def write_atomically(
@@ -23,7 +24,7 @@ def write_atomically(
     """
     target = Path(target)
     # Named per process and thread (not tempfile.mkstemp, whose 0600 mode the target would inherit).
-    temporary = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # see _LEFTOVER
     try:
         write(temporary)
         if overwrite:
@@ -52,3 +53,20 @@ def _link_new(temporary: Path, target: Path) -> None:
 def write_text_atomically(target: str | os.PathLike[str], text: str) -> None:
     """``target.write_text(text)`` (UTF-8), atomically."""
     write_atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+
+
+# The temporary files `write_atomically` names: hidden, with the writer's process and thread.
+_LEFTOVER = re.compile(r"\..+\.\d+-\d+\.tmp")
+
+
+def remove_leftovers(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that writes into `directory` left when their process was killed (SIGKILL,
+    a node lost: no `finally` runs), and return them. Only for a folder that nobody else is writing now,
+    such as a claimed run folder (`sam4em.claim`): another writer's temporary file looks the same."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    leftovers = [path for path in directory.iterdir() if _LEFTOVER.fullmatch(path.name) and path.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers

@@ -141,6 +141,21 @@ class ClassMapping:
                 return codes
         raise KeyError(f"no class {name!r} in mapping {self}; classes: {', '.join(self.names)}")
 
+    def _codes_present(self, labels: Any, max_slices: int | None) -> set[int]:
+        """The label values in `labels`, read as `validate` says (evenly spaced slices first)."""
+        depth = labels.shape[0] if len(labels.shape) == 3 else 0
+        if max_slices is None or depth <= max_slices:
+            return set(np.unique(self._check_labels(labels[...])).tolist())
+        sampled = np.unique(np.linspace(0, depth - 1, max_slices).round().astype(int)).tolist()
+        present: set[int] = set()
+        for z in sampled:
+            present.update(np.unique(self._check_labels(labels[z])).tolist())
+        for z in sorted(set(range(depth)) - set(sampled)):
+            if set(self.all_codes) <= present:
+                break
+            present.update(np.unique(self._check_labels(labels[z])).tolist())
+        return present
+
     @staticmethod
     def _check_labels(labels: npt.ArrayLike) -> np.ndarray:
         array = np.asarray(labels)
@@ -172,27 +187,20 @@ class ClassMapping:
         """Check that every code of the mapping occurs in ``labels``.
 
         ``labels`` is a (Z, Y, X) array-like (lazy volumes are fine) or a (Y, X) array. For
-        volumes with more than ``max_slices`` slices only that many evenly spaced slices are
-        read (``None`` reads all), so a code that is rare along z may be reported missing:
-        raise ``max_slices`` then. Raises :class:`ClassMappingError` naming the codes that
-        are missing and the codes that do occur. With ``allow_empty``, labels holding only 0
-        (not a code of the mapping) are an annotation without foreground: a warning, not an error.
+        volumes with more than ``max_slices`` slices, that many evenly spaced slices are read
+        first (``None`` reads all at once); only a code missing from them makes it read the other
+        slices, one by one until every code is found, so a code that is rare along z (synapses) is
+        found without reading every slice of a common case. Raises :class:`ClassMappingError`
+        naming the codes that are missing and the codes that do occur. With ``allow_empty``, labels
+        holding only 0 (not a code of the mapping) are an annotation without foreground: a warning,
+        not an error.
         """
-        ndim = len(labels.shape)
-        if ndim == 3 and max_slices is not None and labels.shape[0] > max_slices:
-            zs = np.unique(np.linspace(0, labels.shape[0] - 1, max_slices).round().astype(int))
-            present: set[int] = set()
-            for z in zs:
-                present.update(np.unique(self._check_labels(labels[int(z)])).tolist())
-            where = f"{len(zs)} of {labels.shape[0]} sampled slices"
-        else:
-            present = set(np.unique(self._check_labels(labels[...])).tolist())
-            where = "the labels"
+        present = self._codes_present(labels, max_slices)
         missing = [code for code in self.all_codes if code not in present]
         if missing and allow_empty and present <= {0} and 0 not in self.all_codes:
             source = getattr(labels, "path", "labels")
             warnings.warn(
-                f"{source}: no voxel of {', '.join(self.names)} in {where} (only background, code 0); "
+                f"{source}: no voxel of {', '.join(self.names)} in the labels (only background, code 0); "
                 "training on it teaches background only",
                 UserWarning,
                 stacklevel=2,
@@ -204,6 +212,6 @@ class ClassMapping:
             )
             named = ", ".join(f"{code} ({owners[code]})" for code in missing)
             raise ClassMappingError(
-                f"label codes {named} of mapping '{self}' do not occur in {where}; "
+                f"label codes {named} of mapping '{self}' do not occur in the labels; "
                 f"codes present: {sorted(present)}"
             )

@@ -14,6 +14,10 @@ class names too, and the rest of the fuse is taken. Where both work per class th
 class-agnostic and taken whole. Where one is joint and the other per class the new model keeps its own
 fuse (its zero-initialised output layer: plain upsampling at first); the detail stem still comes from
 the trained model. Trained tensors left unused are named in a warning.
+
+With one class the layouts coincide (a joint fuse or a shared memory of one class is a per-class one),
+so a one-class model fits either side. A model of another architecture (another base) is passed on
+unchanged where its rows do not fit, for strict loading to name what differs.
 """
 
 from __future__ import annotations
@@ -58,21 +62,25 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
     for key in PER_CLASS_TENSORS:
         if key in own:
             remapped[key] = _rows_by_name(state.get(key), source_classes, own[key], target_classes)
-    if NO_OBJECT in own and NO_OBJECT in state:
+    # A layout is read from the shapes. With one class the two layouts are the same computation (a row for
+    # every class is a row per class), so one class fits either: only many classes decide.
+    if NO_OBJECT in own and NO_OBJECT in state and _fits(state[NO_OBJECT], own[NO_OBJECT]):
         source, target = state[NO_OBJECT], own[NO_OBJECT]
-        if source.shape[0] == 1:  # a per-class memory's: the same embedding for every class
+        if source.shape[0] == 1:  # a per-class memory's (or one class's): the same embedding for every class
             remapped[NO_OBJECT] = source.expand_as(target).clone()
-        elif target.shape[0] > 1:
+        elif target.shape[0] == len(target_classes):  # a row per class
             remapped[NO_OBJECT] = _rows_by_name(source, source_classes, target, target_classes)
         else:
             remapped[NO_OBJECT], left = target, [*left, NO_OBJECT]
-    if _FUSE_OUT in state and _FUSE_OUT in own:
-        source_joint, target_joint = state[_FUSE_OUT].shape[0] > 1, own[_FUSE_OUT].shape[0] > 1
-        if source_joint != target_joint:
+    if _FUSE_OUT in state and _FUSE_OUT in own and state[_FUSE_IN].shape[0] == own[_FUSE_IN].shape[0]:
+        source_rows, target_rows = state[_FUSE_OUT].shape[0], own[_FUSE_OUT].shape[0]
+        if source_rows == target_rows == 1:  # per class: class-agnostic, taken as it is
+            pass
+        elif source_rows == len(source_classes) and target_rows == len(target_classes):  # joint: by name
+            remapped.update(_joint_fuse_by_name(state, source_classes, own, target_classes))
+        else:
             remapped.update({key: own[key] for key in DETAIL_FUSE})
             left += list(DETAIL_FUSE)
-        elif target_joint:
-            remapped.update(_joint_fuse_by_name(state, source_classes, own, target_classes))
     if left:
         # Not an error (a generalist's other layout is still a good start), but trained weights go unused.
         warnings.warn(f"init_from: {len(left)} trained tensors do not fit this model's layout (shared_memory, "
@@ -84,13 +92,21 @@ def state_for_classes(state: dict[str, torch.Tensor], source_classes: Sequence[s
 def _rows_by_name(
     source: torch.Tensor | None, source_classes: Sequence[str], own: torch.Tensor, target_classes: Sequence[str]
 ) -> torch.Tensor:
-    """`own` (C, ...) with the row of each class that `source` (one row per source class) also has."""
+    """`own` (C, ...) with the row of each class that `source` (one row per source class) also has;
+    `source` itself when its rows do not fit (another architecture: strict loading names it)."""
+    if source is not None and not _fits(source, own):
+        return source
     rows = own.detach().clone()
     if source is not None:
         for index, name in enumerate(target_classes):
             if name in source_classes:
                 rows[index] = source[list(source_classes).index(name)]
     return rows
+
+
+def _fits(source: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether `source`'s rows have `own`'s shape (the same architecture, maybe other classes)."""
+    return source.shape[1:] == own.shape[1:]
 
 
 def _joint_fuse_by_name(

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from sam4em.atomic import write_text_atomically
+from sam4em.atomic import remove_leftovers, write_text_atomically
 from sam4em.fingerprint import mismatches
 from sam4em.models.info import PER_CLASS_BEFORE
 from sam4em.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
@@ -53,9 +53,14 @@ def check_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None:
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig, *, resume: bool) -> None:
     """`check_run_dir`, then write the resolved config of a run that has not started (no checkpoint yet:
-    it starts from step 0 with this config, whatever an earlier attempt used)."""
+    it starts from step 0 with this config, whatever an earlier attempt used), or clear a resumed run's
+    leftover temporary files. Called by the process that holds the folder's claim."""
     check_run_dir(out_dir, config, resume=resume)
     if _started(out_dir):
+        # A process killed while writing (SIGKILL: no clean-up runs) leaves its temporary file, as large
+        # as a checkpoint. This run holds the folder now (`claim_output`), so none of them is being written.
+        for folder in (out_dir, out_dir / "checkpoints", out_dir / "plots"):
+            remove_leftovers(folder)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / CONFIG_FILE

@@ -113,6 +113,8 @@ class StageRunner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.run_context.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.run_context.device)
         self.step = state["step"]
         return Selection.from_state(self.stage, state)
 
@@ -137,6 +139,9 @@ class StageRunner:
             batch_size=micro,
             sampler=StepIndices(self.step, self.settings.steps, config.grad_accumulation, run.world, run.rank, micro),
             collate_fn=collate,
+            # Its own generator: a loader draws its workers' base seed when it starts, and from the global
+            # generator that would shift the dropout of memory attention (stage 2) after a resume.
+            generator=torch.Generator().manual_seed(config.seed + 1000 * self.stage),
             **loader_options(config.num_workers, run.device),  # unset: by the device (sam4em.training.feed)
         )
 
@@ -241,7 +246,9 @@ class StageRunner:
 
     # -- checkpoints and the end ----------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
-        result = self.run_context.result
+        result, device = self.run_context.result, self.run_context.device
+        # The GPU has its own generator (dropout there draws from it); only the device's own is saved.
+        cuda_rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         return {
             "stage": self.stage,
             "step": self.step,
@@ -250,6 +257,7 @@ class StageRunner:
             "scheduler": self.scheduler.state_dict(),
             "seconds": self.budget.elapsed(),
             "rng": torch.get_rng_state(),
+            **cuda_rng,
             **self.selection.state(),
             "scores": dict(result.best_scores),
             "kept": result.kept,
