@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from sam4em.atomic import write_atomically, write_text_atomically
 
@@ -39,3 +41,12 @@ def test_without_overwrite_an_existing_file_is_refused_and_kept(tmp_path):
         write_atomically(target, lambda path: path.write_text("second"), overwrite=False)
     assert target.read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
+
+
+def test_a_file_its_writer_made_private_gets_a_plain_file_s_permissions(tmp_path):
+    """safetensors creates its files 0600: a model saved so could not be loaded by a colleague."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    target = tmp_path / "model.safetensors"
+    write_atomically(target, lambda path: save_file({"w": torch.zeros(2)}, str(path)))
+    assert target.stat().st_mode == plain.stat().st_mode

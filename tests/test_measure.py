@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from skimage.measure import marching_cubes, mesh_surface_area, regionprops
 
 from sam4em.cli import main
 from sam4em.evaluation.measure import measure_objects, write_csv
-from sam4em.io import create_volume
+from sam4em.evaluation.measure_file import measure_file
+from sam4em.io import VolumeError, create_volume
+from sam4em.io.output_record import BLOCKS_DONE, COMPLETE, INSTANCE_RANGES, RUN_RECORD
 
 VOXEL = (30.0, 4.0, 5.0)
 
@@ -129,3 +132,34 @@ def test_write_csv_is_atomic(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_csv({"a": np.arange(3), "b": np.arange(2)}, target)  # unequal columns fail midway
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def _instance_output(path: Path, *, complete: bool) -> np.ndarray:
+    """A two-class `sam4em segment --output-type instances` output as segment records it: mito owns ids 1-3,
+    glia 4-9 (ids are unique across classes)."""
+    ids = np.zeros((4, 20, 20), dtype=np.uint32)
+    ids[:2, 2:6, 2:6], ids[2:, 10:14, 3:7], ids[1:3, 12:18, 12:18] = 1, 3, 5
+    with create_volume(path, ids.shape, np.uint32, voxel_size=VOXEL) as out:
+        out[:] = ids
+        out.attrs.update({
+            RUN_RECORD: json.dumps({"output_type": "instances", "class_names": ["mito", "glia"], "block_size": 2}),
+            COMPLETE: complete, BLOCKS_DONE: [0, 1] if complete else [0], INSTANCE_RANGES: [[1, 3], [4, 9]],
+        })
+    return ids
+
+
+def test_measure_names_each_instance_s_class_from_the_output_s_id_ranges(tmp_path: Path) -> None:
+    ids = _instance_output(tmp_path / "out.zarr", complete=True)
+    table = measure_file(tmp_path / "out.zarr", tmp_path / "objects.csv")
+    with table.open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert sorted((int(r["label"]), r["class"]) for r in rows) == [(1, "mito"), (3, "mito"), (5, "glia")]
+    assert {int(r["label"]): int(r["voxel_count"]) for r in rows} == {v: int((ids == v).sum()) for v in (1, 3, 5)}
+
+
+def test_measure_refuses_an_unfinished_output(tmp_path: Path) -> None:
+    """Its missing z-blocks read as empty: the table would miss their objects without a word."""
+    _instance_output(tmp_path / "part.zarr", complete=False)
+    with pytest.raises(VolumeError, match=r"part.zarr: is an unfinished `sam4em segment` output \(1 of 2 z-blocks"):
+        measure_file(tmp_path / "part.zarr", tmp_path / "objects.csv")
+    assert not (tmp_path / "objects.csv").exists()

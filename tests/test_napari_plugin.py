@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import dask.array as da
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -30,6 +31,7 @@ from sam4em.evaluation.measure import measure_objects
 from sam4em.inference.options import SegmentOptions
 from sam4em.inference.streaming import segment_to_file
 from sam4em.io import create_volume, open_volume
+from sam4em.io.output_record import COMPLETE
 from sam4em.models import load_model, save_model
 from sam4em.napari_plugin import reader
 from sam4em.napari_plugin.reader import get_reader
@@ -264,6 +266,11 @@ def test_reader_opens_n5_and_hdf5_outputs(run_dir, tmp_path):
             with open_volume(path, key) as stored:
                 np.testing.assert_array_equal(np.asarray(data), stored[:])
     assert get_reader(str(source)) is None  # a single-volume file, left to other readers
+    # An interrupted output opens (its finished blocks are worth a look), and its name says what is missing.
+    with h5py.File(tmp_path / "seg.h5", "r+") as stored:
+        stored["labels"].attrs[COMPLETE] = False
+    [(_, kwargs, _)] = get_reader(str(tmp_path / "seg.h5"))(str(tmp_path / "seg.h5"))
+    assert kwargs["name"] == "seg labels (unfinished: 1 of 1 blocks)"
 
 
 def test_manifest_commands_import(tmp_path):

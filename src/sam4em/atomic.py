@@ -13,6 +13,16 @@ from pathlib import Path
 __all__ = ["remove_leftovers", "write_atomically", "write_text_atomically"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: once, at import, before any writing thread starts
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask: a file written here gets the permissions a plain ``open(path, "w")`` gives.
+_UMASK = _current_umask()
+
+
 def write_atomically(
     target: str | os.PathLike[str], write: Callable[[Path], object], *, overwrite: bool = True
 ) -> None:
@@ -27,6 +37,8 @@ def write_atomically(
     temporary = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # see _LEFTOVER
     try:
         write(temporary)
+        if temporary.is_file():  # some writers (safetensors) create their file 0600: others could not read it
+            temporary.chmod(0o666 & ~_UMASK)
         if overwrite:
             os.replace(temporary, target)
         else:

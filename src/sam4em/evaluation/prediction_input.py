@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from sam4em.io import Volume, VolumeError, list_volumes, open_volume
 from sam4em.io.formats import format_for_suffix, suffix_of
 from sam4em.io.ome_zarr_output import PROBABILITIES, is_ome_output, open_output
-from sam4em.io.output_record import OutputRecord, read_output_record
+from sam4em.io.output_record import OutputRecord, read_output_record, require_complete
 
 __all__ = ["ChannelStack", "ClassMasks", "Prediction", "open_prediction"]
 
@@ -93,12 +93,7 @@ def _where(path: Path, key: str | None) -> str:
 
 
 def _check_complete(record: OutputRecord, volume: Volume) -> None:
-    if not record.complete:
-        done, total = record.blocks_done, record.blocks_total(int(volume.shape[0]))
-        raise VolumeError(
-            f"{_where(volume.path, volume.key)}: is an unfinished `sam4em segment` output ({done} of {total} "
-            "z-blocks written); finish it by rerunning the same `sam4em segment` command with --resume"
-        )
+    require_complete(record, _where(volume.path, volume.key), int(volume.shape[0]))
 
 
 def _match(wanted: Sequence[str], recorded: Sequence[str], where: str) -> dict[str, int]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from sam4em.io.base import VolumeError
+
 __all__ = [
     "BLOCKS_DONE",
     "COMPLETE",
@@ -28,6 +30,7 @@ __all__ = [
     "RUN_RECORD",
     "OutputRecord",
     "read_output_record",
+    "require_complete",
 ]
 
 COMPLETE = "sam4em_complete"
@@ -87,3 +90,12 @@ def read_output_record(attrs: Mapping[str, Any]) -> OutputRecord | None:
         done=frozenset(int(b) for b in np.asarray(attrs.get(BLOCKS_DONE, []), dtype=np.int64).ravel()),
         instance_ranges=None if ranges is None else tuple((int(a), int(b)) for a, b in np.asarray(ranges).reshape(-1, 2)),
     )
+
+
+def require_complete(record: OutputRecord, where: str, n_slices: int) -> None:
+    """Refuse an unfinished output (an interrupted `sam4em segment`): its missing blocks read as empty."""
+    if not record.complete:
+        raise VolumeError(
+            f"{where}: is an unfinished `sam4em segment` output ({record.blocks_done} of {record.blocks_total(n_slices)} "
+            "z-blocks written); finish it by rerunning the same `sam4em segment` command with --resume"
+        )

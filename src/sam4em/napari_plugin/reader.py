@@ -74,6 +74,8 @@ def read_output(path: Path) -> list[LayerData]:
     for key, record in _records(path):
         data, scale = _array(path, key)
         name = f"{path.stem} {key}"
+        if not record.complete:  # an interrupted segment: its missing blocks show as empty, so say it
+            name += f" (unfinished: {record.blocks_done} of {record.blocks_total(int(data.shape[0]))} blocks)"
         if record.output_type == "probs":
             values = data.astype(np.float32) / 255 if data.dtype == np.uint8 else data
             kwargs = {"name": name, "scale": scale, "colormap": "magma", "blending": "additive"}
