@@ -239,7 +239,7 @@ def test_interrupted_segmentation_resumes_to_identical_output(
             process.kill()
             process.wait()
     assert code == 130, (tmp_path / "stderr.txt").read_text()
-    assert "rerun with --resume" in _stderr_lines(tmp_path)[-1]
+    assert "rerun the same command with --resume added" in _stderr_lines(tmp_path)[-1]
     with open_volume(output, "class1") as partial:
         assert partial.attrs[COMPLETE] is False
         assert 0 < len(partial.attrs[BLOCKS_DONE]) < 6

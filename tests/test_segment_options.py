@@ -24,7 +24,7 @@ from sam4em.io.formats import FORMATS
 #: records key by key, so these must stay, and no new key may appear, or older partial outputs could
 #: no longer be resumed.
 RECORD_KEYS = {
-    "sam4em_version", "input", "input_key", "model_base", "model_source", "model_weights", "class_names",
+    "sam4em_version", "input", "input_key", "input_fingerprint", "model_base", "model_source", "model_weights", "class_names",
     "ome_zarr", "output_type", "probs_dtype", "direction", "tile_shape", "halo", "block_size", "overlap",
     "intensity_bounds", "threshold", "min_size", "watershed",
 }  # fmt: skip
@@ -80,7 +80,8 @@ def test_run_record_is_derived_from_the_options(tmp_path: Path, image: Path) -> 
     }
     # Batch size, device, overwrite and resume do not change the result: not recorded.
     assert set(recorded_options(SegmentOptions())) == RECORD_KEYS - {
-        "sam4em_version", "input", "model_base", "model_source", "model_weights", "intensity_bounds"
+        "sam4em_version", "input", "input_fingerprint", "model_base", "model_source", "model_weights",
+        "intensity_bounds",
     }
 
 
@@ -89,8 +90,11 @@ def test_resume_ignores_options_without_effect_and_refuses_others(tmp_path: Path
     calls = iter([False, True])
     with pytest.raises(Interrupted):
         segment_to_file(image, out, "test-tiny", SegmentOptions(output_type="labels", **FAST), stop=lambda: next(calls))
-    with pytest.raises(VolumeError, match=r"different threshold"):
+    with pytest.raises(VolumeError, match=r"different threshold: 0.5 there, 0.7 now"):
         segment_to_file(image, out, "test-tiny", SegmentOptions(output_type="labels", threshold=0.7, resume=True, **FAST))
+    # Another output type looks for other arrays: the refusal says which output this is, not "no sam4em output".
+    with pytest.raises(VolumeError, match=r"l.zarr: holds a sam4em output of --output-type labels, not of this run's"):
+        segment_to_file(image, out, "test-tiny", SegmentOptions(output_type="probs", resume=True, **FAST))
     # min_size and watershed act on instances only, batch size on speed only.
     same = SegmentOptions(output_type="labels", min_size=9, watershed=True, batch_size=1, resume=True, **FAST)
     segment_to_file(image, out, "test-tiny", same)

@@ -81,6 +81,25 @@ def test_resume_with_the_run_folder_retrained_in_place_is_refused_naming_the_wei
         np.testing.assert_array_equal(done[:], reference[:])
 
 
+@pytest.mark.parametrize("change", ["z-flipped", "one slice fewer"])
+def test_resume_with_the_input_replaced_in_place_is_refused_naming_its_content(
+    tmp_path: Path, image: Path, change: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stack re-aligned (same shape, same intensity range) or re-cropped at the same path is another
+    input: finishing the output with it would mix two volumes' blocks, or leave slices never written."""
+    run, output = tmp_path / "run", tmp_path / "out.zarr"
+    _save_run(run, perturbed=False)
+    _interrupted_after_one_block(image, output, run)
+    stack = tifffile.imread(image)
+    tifffile.imwrite(image, stack[::-1] if change == "z-flipped" else stack[:-1], photometric="minisblack")
+
+    code = main(["segment", str(image), str(output), "--model", str(run), "--resume", *CLI_OPTIONS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "different input content" in err[0], err
+    with open_volume(output, "class1") as partial:
+        assert partial.attrs[COMPLETE] is False
+
+
 def test_overwrite_resume_of_a_partial_from_other_weights_is_refused(tmp_path: Path, image: Path) -> None:
     run, output = tmp_path / "run", tmp_path / "out.zarr"
     _save_run(run, perturbed=False)

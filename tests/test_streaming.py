@@ -180,7 +180,7 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, raw_path, model, block
     assert list(partial[BLOCKS_DONE]) == [0]
     with pytest.raises(VolumeError, match="already exists"):
         segment_to_file(raw_path, out, model, SegmentOptions(**options))
-    with pytest.raises(VolumeError, match=r"another run \(different block_size\)"):
+    with pytest.raises(VolumeError, match=r"another run \(different block_size: 4 there, 6 now\)"):
         segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **{**options, "block_size": 6}))
     segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **options))
     finished = attrs_of(out, "er")
@@ -282,6 +282,9 @@ def test_refusals(tmp_path, raw_path, model):
         segment_to_file(raw_path, raw_path, model)
     with pytest.raises(VolumeError, match="is the input volume"):
         segment_to_file(f"{raw_path}:raw", f"{raw_path}:raw", model, SegmentOptions(output_type="labels"))
+    with pytest.raises(VolumeError, match="is inside the input"):  # the input store would hold it
+        segment_to_file(raw_path, raw_path / "seg.zarr", model, SegmentOptions(output_type="labels"))
+    assert not (raw_path / "seg.zarr").exists()
     with pytest.raises(VolumeError, match="no extension"):
         segment_to_file(raw_path, tmp_path / "labels", model, SegmentOptions(output_type="labels"))
     with pytest.raises(VolumeError, match="container"):

@@ -150,3 +150,29 @@ def test_a_volumetric_model_trains_on_the_clip_length_it_declares_in_every_stage
     assert [stage_settings(unet3d, config, s).clip_length for s in (1, 2)] == [4, 4]
     unet2d = UNet2D(num_classes=1, image_size=32)
     assert [stage_settings(unet2d, config, s).clip_length for s in (1, 2)] == [8, 8]
+
+
+def test_a_learning_rate_in_exponent_notation_is_a_number() -> None:
+    """YAML 1.1 (PyYAML) reads 1e-4 without a dot as a string; it is how learning rates are written."""
+    config = config_from_dict({"volumes": VOLUMES, "stage1": {"lr": "1e-4"}}, ["stage2.lr=2E-5"])
+    assert (config.stage1.lr, config.stage2.lr) == (1e-4, 2e-5)
+    with pytest.raises(ConfigError, match=r"stage1.lr: expected float, got 'fast'"):
+        config_from_dict({"volumes": VOLUMES, "stage1": {"lr": "fast"}})
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loss.class_weights=[1.0,2.0,3.0]", r"loss.class_weights: one weight >= 0 per class \(mito, glia\)"),
+    ("loss.class_weights=[1.0]", r"loss.class_weights: one weight >= 0 per class"),
+    ("loss.class_weights=[0.0,0.0]", r"not all 0"),
+    ("stage1.max_seconds=0", r"stage1.max_seconds: must be > 0"),
+    ("stage2.max_seconds=-5", r"stage2.max_seconds: must be > 0"),
+    ("classes=mito=", r"classes: entry 'mito='"),
+])
+def test_values_that_cannot_train_are_refused_naming_the_field(override: str, message: str) -> None:
+    """Each used to fail at the first step (class weights that do not broadcast), divide by zero (a time
+    budget of 0), train one step silently (a negative one), or name no field."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"volumes": VOLUMES, "classes": "mito=255,glia=128"}, [override])
+    volumes = [{**VOLUMES[0], "z_range": [0, 5, 9]}]
+    with pytest.raises(ConfigError, match=r"volumes\[0\].z_range: expected \[start, stop\], got \[0, 5, 9\]"):
+        config_from_dict({"volumes": volumes})

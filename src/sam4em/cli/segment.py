@@ -88,8 +88,10 @@ def segment_command(args: argparse.Namespace) -> int:
                 )
             else:  # the library checks the request (check_request) before its (slow) model load
                 segment_to_file(args.input, args.output, args.model, options, stop=stop, progress=progress)
-        except Interrupted:
-            print(f"sam4em: interrupted; finished blocks are in {args.output}; rerun with --resume", file=sys.stderr)
+        except Interrupted as stopped:
+            # The same command: with --overwrite the finished blocks are in a hidden sibling of the output.
+            print(f"sam4em: interrupted after {stopped.done} of {stopped.total} z-blocks; to finish {args.output}, "
+                  "rerun the same command with --resume added", file=sys.stderr)
             return EXIT_INTERRUPTED
     print(f"wrote {args.output}")
     return 0

@@ -174,13 +174,18 @@ def select_classes(names: Sequence[str], classes: Sequence[str] | None, model: s
 
 
 def refuse_same_path(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
-    """Refuse an output that is the input (also through a symlink or a hard link)."""
+    """Refuse an output that is the input (also through a symlink or a hard link), or that lies inside an
+    input folder or store: a folder of slices would read it as one more slice from then on, and a
+    container would hold it beside its own arrays."""
     source, target = Path(input_path), Path(output_path)
-    same = resolve_path(source) == resolve_path(target)  # a link loop: one-line VolumeError
+    resolved = resolve_path(source)
+    same = resolved == resolve_path(target)  # a link loop: one-line VolumeError
     if not same and source.exists() and target.exists():
         same = os.path.samefile(source, target)
     if same:
         raise VolumeError(f"{target}: is the input volume; write the result to another file")
+    if source.is_dir() and resolve_path(target).is_relative_to(resolved):
+        raise VolumeError(f"{target}: is inside the input {source}; write the result outside it")
 
 
 def estimate_output_bytes(shape: Sequence[int], options: SegmentOptions, num_classes: int) -> int:

@@ -14,9 +14,9 @@ from typing import Any
 
 from sam4em.fingerprint import mismatches
 from sam4em.inference.output_files import partial_sibling, read_record
-from sam4em.io import VolumeError
+from sam4em.io import VolumeError, list_volumes
 
-__all__ = ["choose_target", "same_run"]
+__all__ = ["INPUT_FINGERPRINT", "choose_target", "same_run"]
 
 
 def choose_target(
@@ -48,31 +48,60 @@ def choose_target(
             if not (found.complete and overwrite):
                 return output, False, False
         elif found is None and not overwrite:
-            raise VolumeError(
-                f"{output}: is not a sam4em output, so there is nothing to resume; "
-                "pass --overwrite without --resume to replace it"
-            )
+            raise _nothing_to_resume(output)
         elif found is not None and not (found.complete and overwrite):
             raise _mixed_runs(output, found.run, record)
     return sibling, True, True
 
 
+def _nothing_to_resume(output: Path) -> VolumeError:
+    """The refusal to resume an output that holds no array of this run's kind: another output type's, or
+    no sam4em output at all."""
+    other = next((r for key in _keys(output) if (r := read_record(output, key)) is not None), None)
+    if other is not None:
+        return VolumeError(
+            f"{output}: holds a sam4em output of --output-type {other.output_type}, not of this run's; to finish it, "
+            "rerun the command that started it (the same options) with --resume"
+        )
+    return VolumeError(
+        f"{output}: is not a sam4em output, so there is nothing to resume; pass --overwrite without --resume to replace it"
+    )
+
+
+def _keys(output: Path) -> list[str | None]:
+    try:
+        return [*list_volumes(output), None]
+    except VolumeError:
+        return [None]
+
+
+#: The run record's entry for the input's content (`sam4em.fingerprint.digest_volume`).
+INPUT_FINGERPRINT = "input_fingerprint"
 #: Run-record entries that do not change the result: the weights' digest stands for the model, so the
 #: same model may come back as a loaded object, a run folder path or a name.
 _PROVENANCE = frozenset({"model_source"})
+#: Entries named in words in a refusal; the others are options, shown with both values.
+_DIGESTS = {"model_weights": "model weights", INPUT_FINGERPRINT: "input content (shape, dtype or slices)"}
+
+
+def _changed(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    # Outputs written before the input's content was recorded: their resume compares the rest, as before.
+    skipped = _PROVENANCE | ({INPUT_FINGERPRINT} if INPUT_FINGERPRINT not in found else set())
+    return [key for key in mismatches(found, wanted) if key not in skipped]
 
 
 def same_run(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether two run records describe the same result (how the model was named aside)."""
-    return not set(mismatches(found, wanted)) - _PROVENANCE
+    return not _changed(found, wanted)
 
 
 def _mixed_runs(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> VolumeError:
-    """The refusal to resume a partial output that another run (model or options) started."""
+    """The refusal to resume a partial output that another run (model, input or options) started."""
     changed = ", ".join(
-        "model weights" if k == "model_weights" else k for k in mismatches(found, wanted) if k not in _PROVENANCE
+        _DIGESTS[k] if k in _DIGESTS else f"{k}: {found.get(k)!r} there, {wanted.get(k)!r} now"
+        for k in _changed(found, wanted)
     )
     return VolumeError(
         f"{path}: was started by another run (different {changed}); resuming would mix the two runs' "
-        "blocks: rerun with the same model and options, or pass --overwrite without --resume to start over"
+        "blocks: rerun with the same input, model and options, or pass --overwrite without --resume to start over"
     )

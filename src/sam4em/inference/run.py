@@ -23,7 +23,7 @@ from sam4em import __version__
 from sam4em.claim import claim_output
 from sam4em.data.normalize import volume_percentiles
 from sam4em.devices import available_host_memory, default_device, device_for, resolve_device
-from sam4em.fingerprint import digest_state
+from sam4em.fingerprint import digest_state, digest_volume
 from sam4em.inference.block_job import BlockJob
 from sam4em.inference.options import SegmentOptions, recorded_options
 from sam4em.inference.output_files import (
@@ -41,7 +41,7 @@ from sam4em.inference.output_files import (
 )
 from sam4em.inference.predictor import ProgressCallback, TilingPlan, plan_tiling
 from sam4em.inference.request import CheckedRequest, ModelSource, check_request, select_classes
-from sam4em.inference.resume import choose_target, same_run
+from sam4em.inference.resume import INPUT_FINGERPRINT, choose_target, same_run
 from sam4em.inference.tiling import ZBlock, z_blocks
 from sam4em.io import open_volume
 from sam4em.io.ome_zarr_output import create_ome_output, ome_output_keys
@@ -153,10 +153,13 @@ def prepare_run(
     with open_volume(request.input, request.input_key) as volume:  # mode "r": never opened for writing
         voxel_size, input_dtype = volume.voxel_size, volume.dtype
         bounds = volume_percentiles(volume)
+        input_fingerprint = digest_volume(volume)
     weights = digest_state(loaded.state_dict())
     record = {
         "sam4em_version": __version__,
         "input": request.input,
+        # Its content, not only its path: a stack replaced or re-aligned in place is another input.
+        INPUT_FINGERPRINT: input_fingerprint,
         # Model identity: the base it declares (`sam4em.models.ModelInfo`).
         "model_base": loaded.info.base,
         "model_source": source,

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sam4em.data.class_mapping import ClassMapping, ClassMappingError
 from sam4em.models import BuildOptions
 from sam4em.models.info import SHARED_PARTS
 from sam4em.training.config_error import ConfigError
@@ -150,7 +151,8 @@ def _expand(value: Any) -> Any:
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                raise ConfigError(f"config refers to ${{{name}}} but the environment variable {name} is not set")
+                raise ConfigError(f"config refers to ${{{name}}} but the environment variable {name} is not set; "
+                                  f"set it (export {name}=...) to the folder the config's paths start from")
             return os.environ[name]
 
         return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", substitute, value)
@@ -196,6 +198,10 @@ def _build_model_config(data: Any, where: str) -> ModelConfig:
     return ModelConfig(**top, build=build)
 
 
+#: A number in exponent notation, as YAML 1.1 leaves it a string: 1e-4, -2E+3, 5.e-1.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = get_origin(hint)
     if hint is ModelConfig:
@@ -221,6 +227,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _convert((fitting or inner)[0], value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; it is how learning rates are written
     if (hint in (int, float, str, bool) and not isinstance(value, hint)) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -320,6 +328,26 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"num_workers: must be >= 0 (or unset: chosen by the device), got {config.num_workers}")
     if config.grad_accumulation < 1:
         raise ConfigError("grad_accumulation must be >= 1")
+    _check_values(config)
+
+
+def _check_values(config: TrainConfig) -> None:
+    """Values of the right type that still cannot train: a time budget, class weights, z-ranges."""
+    for name in ("stage1", "stage2"):
+        seconds = getattr(config, name).max_seconds
+        if seconds is not None and seconds <= 0:
+            raise ConfigError(f"{name}.max_seconds: must be > 0 (or left out: no time budget), got {seconds}")
+    weights = config.loss.class_weights
+    try:
+        classes = ClassMapping.parse(config.classes).names
+    except ClassMappingError as error:
+        raise ConfigError(f"classes: {error}") from None
+    if weights is not None and (len(weights) != len(classes) or min(weights) < 0 or sum(weights) <= 0):
+        raise ConfigError(f"loss.class_weights: one weight >= 0 per class ({', '.join(classes)}), not all 0; "
+                          f"got {weights}")
+    for index, volume in enumerate(config.volumes):
+        if volume.z_range is not None and len(volume.z_range) != 2:
+            raise ConfigError(f"volumes[{index}].z_range: expected [start, stop], got {volume.z_range}")
 
 
 def _check_class_sharing(config: TrainConfig) -> None:

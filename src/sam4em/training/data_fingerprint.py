@@ -11,15 +11,12 @@ Runs started before this file existed have none and are resumed as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sam4em.atomic import write_text_atomically
-from sam4em.fingerprint import mismatches
+from sam4em.fingerprint import digest_volume, mismatches
 from sam4em.io import open_volume
 from sam4em.training.config_error import ConfigError
 
@@ -29,11 +26,7 @@ FINGERPRINT_FILE = "data_fingerprint.json"
 def volume_fingerprint(path: str, key: str | None, *, allow_missing_chunks: bool = False) -> dict[str, Any]:
     """Shape, dtype and the SHA-256 of the first, middle and last slices of a (Z, Y, X) volume."""
     with open_volume(path, key, allow_missing_chunks=allow_missing_chunks) as volume:
-        depth = int(volume.shape[0])
-        digest = hashlib.sha256()
-        for z in sorted({0, depth // 2, depth - 1}):
-            digest.update(np.ascontiguousarray(volume[z]).tobytes())
-        return {"shape": [int(s) for s in volume.shape], "dtype": str(volume.dtype), "slices": digest.hexdigest()}
+        return digest_volume(volume)
 
 
 def data_fingerprint(volumes: list[Any]) -> dict[str, dict[str, Any]]:
