@@ -182,7 +182,10 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, raw_path, model, block
         segment_to_file(raw_path, out, model, SegmentOptions(**options))
     with pytest.raises(VolumeError, match=r"another run \(different block_size: 4 there, 6 now\)"):
         segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **{**options, "block_size": 6}))
+    spill = tmp_path / "probs.zarr.partial-forward-1.zarr"  # what a run killed outright leaves (direction both)
+    spill.mkdir()
     segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **options))
+    assert not spill.exists()
     finished = attrs_of(out, "er")
     assert finished[COMPLETE] is True
     assert list(finished[BLOCKS_DONE]) == [0, 1, 2]
@@ -197,17 +200,19 @@ def test_dask_client_with_one_worker_thread(tmp_path, raw_path, model, blocked_f
 
     out = tmp_path / "probs.zarr"
     options = {"direction": "forward", "block_size": 4, "probs_dtype": "float32"}
+    recorded: list[list[int]] = []
+
+    def stop() -> bool:  # checked as each block finishes: go on, then stop
+        recorded.append(list(attrs_of(out, "mito")[BLOCKS_DONE]))
+        return len(recorded) == 2
+
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        calls = iter([False, True])  # checked as the first block finishes: go on, then stop
         with pytest.raises(Interrupted):
             segment_to_file_dask(
-                raw_path,
-                out,
-                model,
-                SegmentOptions(**options),
-                scheduler_address=cluster.scheduler_address,
-                stop=lambda: next(calls),
+                raw_path, out, model, SegmentOptions(**options), scheduler_address=cluster.scheduler_address, stop=stop
             )
+        # Each block is recorded as it finishes, not only at the end: a client killed outright loses none.
+        assert recorded == [[0], [0, 1]]
         assert attrs_of(out, "mito")[BLOCKS_DONE] == [0, 1]
         segment_to_file_dask(
             raw_path,

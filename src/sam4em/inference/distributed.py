@@ -8,8 +8,8 @@ straight into the chunked output: chunks never straddle two blocks (their z size
 ``block_size``), so workers write disjoint chunks concurrently. Probabilities and labels therefore need
 a .zarr (or .n5) output; instances may go to any format, because their blocks go to a temporary Zarr
 label store and the client writes the output at the end. The client keeps one task per worker thread
-in flight, checks ``stop`` as tasks finish, and records finished blocks in the output's attrs when no
-task is running, so ``resume=True`` (here or in `segment_to_file`) redoes only unfinished blocks.
+in flight, checks ``stop`` as tasks finish, and records finished blocks in the output's attrs as each
+task ends, so ``resume=True`` (here or in `segment_to_file`) redoes only unfinished blocks.
 
 Locally, ``workers=N`` starts a ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``
 (processes, because models are not thread-safe; dask limits each worker to one BLAS/OpenMP thread).
@@ -158,6 +158,9 @@ def segment_to_file_dask(
                     for index in future.result():
                         done.add(index)
                         counter.tick(run.slices_per_block(run.blocks[index]))
+                    # Recorded as each task ends (its chunks are written; the others write other chunks), so a
+                    # client killed outright (SIGKILL, a lost node) leaves every finished block recorded.
+                    mark_done(run, done)
                     if not stop_requested(stop):
                         submit_next()
             finally:

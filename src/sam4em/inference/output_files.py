@@ -6,6 +6,7 @@ See :mod:`sam4em.inference.streaming` for the layout and :mod:`sam4em.io.output_
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,16 @@ def partial_sibling(path: Path) -> Path:
 def labels_store(written: Path) -> Path:
     """The temporary label store of an instance output (instances need the whole volume's labels)."""
     return written.with_name(f"{written.name}.partial-labels.zarr")
+
+
+def remove_spills(output: Path) -> None:
+    """Delete the forward-pass stores (`BlockJob.spill_path`) that a killed run left beside ``output``, its
+    hidden sibling or their label stores: a run recomputes every unfinished block, and each store is as
+    large as a block's float32 probabilities. Only while holding the output's claim."""
+    for base in (output, partial_sibling(output)):
+        for target in (base, labels_store(base)):
+            for stale in output.parent.glob(f"{glob.escape(target.name)}.partial-forward-*.zarr"):
+                remove(stale)
 
 
 def _sidecar(path: Path) -> Path:

@@ -35,6 +35,7 @@ from sam4em.inference.output_files import (
     output_keys,
     read_record,
     remove,
+    remove_spills,
     swap_in,
     write_instances,
     z_chunk,
@@ -181,6 +182,7 @@ def prepare_run(
         written, swap, fresh = choose_target(
             request.output, keys, record, overwrite=options.overwrite, resume=options.resume
         )
+        remove_spills(request.output)
         job = _block_job(request, resolved, indices, plan, bounds, weights, written, keys)
         block_bytes = job.block_bytes(resolved.block_size, np.dtype(input_dtype).itemsize)
         resolved = resolved.replace(streams=choose_streams(resolved, plan, len(blocks), placement, block_bytes))
