@@ -9,12 +9,15 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch first, pinned: the CPU build on this machine's disk. Unpinned, pip would fetch CUDA wheels.
+# torch first, pinned: the CPU build on this machine's disk. Unpinned, pip would fetch CUDA wheels; on a
+# machine whose pip has no CPU wheel at hand (PyPI's Linux torch is the CUDA build), pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_INDEX ?=
 # sam2 last: Meta's SAM2, the oracle of tests/test_meta_parity.py (test-only; PyPI has only its source),
 # built against our torch, without its CUDA extension, and --no-deps (PyPI's torchvision breaks beside
 # a CPU torch); what its model code imports is in the `oracle` extra.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev,napari,gui-test,oracle]"
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-deps --no-build-isolation sam2==1.1.0
 	touch $(STAMP)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from sam4em.cli import main as cli_main
 from sam4em.models import build_model, load_model
+from sam4em.models.checkpoint_files import CheckpointError
 from sam4em.models.serialization import save_model
 from sam4em.models.unet import UNet2D
 from sam4em.training.config import config_from_dict
@@ -57,6 +58,9 @@ def test_exported_encoder_computes_what_the_trained_encoder_with_lora_did(lora_r
     record = yaml.safe_load((out / "config.yaml").read_text())["pretrain"]
     assert record["base"] == "test-tiny" and record["source"] == "supervised" and record["classes"] == ["mito", "glia"]
 
+    # An encoder is what a model trains from: segmenting with it says so, not "is this a run folder?".
+    with pytest.raises(CheckpointError, match=r"generalist: is an image encoder .* to train from, not a segmentation model"):
+        load_model(out)
     trained, rebuilt = load_model(lora_run), build_model(out, 1)
     assert rebuilt.info.pretrained_base and rebuilt.info.build_options.finetune == "lora"
     pixels = torch.rand(2, 3, trained.image_size, trained.image_size, generator=torch.Generator().manual_seed(2))

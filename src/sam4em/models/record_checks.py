@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sam4em.models.checkpoint_files import CheckpointError
+from sam4em.models.encoder_weights import is_encoder_folder
 from sam4em.models.info import BuildOptions
 
 __all__ = ["check_model_record"]
@@ -34,6 +35,11 @@ def check_model_record(record: Any, config: Path) -> dict[str, Any]:
     """`record` (the ``model`` section of `config`) if a model can be built from it, else `CheckpointError`."""
     fix = "restore config.yaml from the run folder it came from, or retrain"
     if not isinstance(record, dict) or not isinstance(record.get("base"), str):
+        if is_encoder_folder(config.parent):
+            raise CheckpointError(
+                f"{config.parent}: is an image encoder (from `sam4em pretrain` or `export-encoder`) to train from, "
+                f"not a segmentation model; train one on it (model.base: {config.parent}) and segment with that run"
+            )
         raise CheckpointError(f"{config}: no 'model.base' entry; is this a sam4em run folder?")
     if record.get("weights") not in _WEIGHTS:
         found = f"is {record['weights']!r}" if "weights" in record else "is missing"
