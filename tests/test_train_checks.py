@@ -242,6 +242,14 @@ def test_train_with_zero_steps_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_volume_is_named_by_its_entry_and_where_relative_paths_start(tmp_path, capsys, monkeypatch):
+    config = _yaml(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    _fails(["train", str(config), "--out", str(tmp_path / "run"), "--set", "volumes=[{image: no.tif, labels: no.tif}]"],
+           capsys, "volumes[0].image: no.tif: no such file", f"working directory, {tmp_path}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_out_on_a_regular_file_is_a_one_line_error(tmp_path, capsys):
     config = _yaml(tmp_path)
     (tmp_path / "file").write_text("not a folder")

@@ -167,6 +167,7 @@ def test_a_learning_rate_in_exponent_notation_is_a_number() -> None:
     ("stage1.max_seconds=0", r"stage1.max_seconds: must be > 0"),
     ("stage2.max_seconds=-5", r"stage2.max_seconds: must be > 0"),
     ("classes=mito=", r"classes: entry 'mito='"),
+    ("foreground_fraction=3", r"foreground_fraction: must be in \[0, 1\]"),
 ])
 def test_values_that_cannot_train_are_refused_naming_the_field(override: str, message: str) -> None:
     """Each used to fail at the first step (class weights that do not broadcast), divide by zero (a time

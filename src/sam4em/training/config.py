@@ -337,6 +337,9 @@ def _check_values(config: TrainConfig) -> None:
         seconds = getattr(config, name).max_seconds
         if seconds is not None and seconds <= 0:
             raise ConfigError(f"{name}.max_seconds: must be > 0 (or left out: no time budget), got {seconds}")
+    if not 0 <= config.foreground_fraction <= 1:
+        raise ConfigError(f"foreground_fraction: must be in [0, 1] (the share of crops centred on a class), "
+                          f"got {config.foreground_fraction}")
     weights = config.loss.class_weights
     try:
         classes = ClassMapping.parse(config.classes).names

@@ -3,11 +3,13 @@ and the dataset of one stage over either."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sam4em.data.augment import AugmentConfig
 from sam4em.data.class_mapping import ClassMapping, ClassMappingError
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource, resolve_labelled_slices
 from sam4em.data.splits import split_z
-from sam4em.io import open_volume, parse_path_key
+from sam4em.io import has_scheme, open_volume, parse_path_key
 from sam4em.training.config import ConfigError, StageConfig, TrainConfig, VolumeConfig
 from sam4em.training.preflight import stage_depths
 
@@ -37,6 +39,10 @@ def _split_volume(
     labels_path, labels_key = parse_path_key(volume.labels)
     image_key = volume.image_key or image_key
     labels_key = volume.labels_key or labels_key
+    for field, path in (("image", image_path), ("labels", labels_path)):
+        if not has_scheme(path) and not Path(path).exists():
+            start = "" if Path(path).is_absolute() else f" (a relative path starts from the working directory, {Path.cwd()})"
+            raise ConfigError(f"volumes[{index}].{field}: {path}: no such file or folder{start}")
     with open_volume(image_path, key=image_key) as image, open_volume(labels_path, key=labels_key) as labels:
         if tuple(image.shape) != tuple(labels.shape):
             raise ConfigError(
@@ -54,7 +60,8 @@ def _split_volume(
     try:
         train_z, val_z = split_z(stop - start, volume.val_fraction, volume.val_position, gap=gap)
     except ValueError as error:
-        raise ConfigError(f"volumes[{index}] ({image_path}): {error}") from None
+        raise ConfigError(f"volumes[{index}] ({image_path}): {error} (the gap keeps training samples a sample's "
+                          f"depth, {gap} slices, from validation; a shorter stage2.clip_length shortens it)") from None
     train_range, val_range = (start + train_z[0], start + train_z[1]), (start + val_z[0], start + val_z[1])
     try:
         labelled = resolve_labelled_slices(volume.labelled_slices, train_range, (start, stop))
