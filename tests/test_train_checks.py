@@ -24,6 +24,7 @@ from sam4em.claim import claim_output
 from sam4em.cli import main
 from sam4em.models import load_model
 from sam4em.training.config import ConfigError, config_from_dict, load_config
+from sam4em.training.selection import RunResult
 from sam4em.training.step import StepLoss
 from sam4em.training.trainer import train
 
@@ -248,6 +249,18 @@ def test_a_missing_volume_is_named_by_its_entry_and_where_relative_paths_start(t
     _fails(["train", str(config), "--out", str(tmp_path / "run"), "--set", "volumes=[{image: no.tif, labels: no.tif}]"],
            capsys, "volumes[0].image: no.tif: no such file", f"working directory, {tmp_path}")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("scores", [{1: 0.5, 2: 0.6}, {1: float("nan"), 2: float("nan")}])
+def test_the_summary_says_what_the_model_holds(scores, tmp_path, capsys, monkeypatch):
+    """Without validation (sparse annotation left none) there are no scores to print as "nan"; after a
+    resume, the time is this process's only."""
+    result = RunResult(run_dir=tmp_path / "run", best_scores=scores, seconds=7.0, kept="stage 2", kept_score=0.6)
+    monkeypatch.setattr("sam4em.training.trainer.train", lambda *args, **kwargs: result)
+    assert main(["train", str(_yaml(tmp_path)), "--out", str(tmp_path / "run"), "--resume"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "in 7 s (since the resume)" in line and "nan" not in line, line
+    assert ("without validation" in line) == (scores[1] != scores[1]), line
 
 
 def test_train_out_on_a_regular_file_is_a_one_line_error(tmp_path, capsys):

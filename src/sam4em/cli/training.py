@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from sam4em.cli.arguments import Subparsers
@@ -86,7 +87,13 @@ def train_command(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"sam4em: interrupted; checkpoint saved in {args.out}/checkpoints; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    # `seconds` counts this process only: after a resume it is the time since the resume.
+    took = f"in {result.seconds:.0f} s" + (" (since the resume)" if args.resume else "")
+    if all(math.isnan(v) for v in result.best_scores.values()):  # sparse annotation left no validation slice
+        print(f"trained {config.method} {took} without validation (no annotated slice in the validation part); "
+              f"the model in {args.out} holds the last weights of stage {config.stages_to_run[-1]}")
+        return 0
     scores = ", ".join(f"stage {s}: {v:.3f}" for s, v in result.best_scores.items())
-    print(f"trained {config.method} in {result.seconds:.0f} s; best validation Dice {scores}; the model in {args.out} "
+    print(f"trained {config.method} {took}; best validation Dice {scores}; the model in {args.out} "
           f"holds the {result.kept} weights (validation Dice {result.kept_score:.3f} on stage {config.stages_to_run[-1]}'s samples)")
     return 0

@@ -39,12 +39,14 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> None:
     ax_loss.plot(x, loss, lw=0.8)
     ax_loss.set(xlabel="step (stages in sequence)", ylabel="training loss", title="loss")
     val_keys = [k for k in rows[0] if k.startswith("val_dice_") and k != "val_dice_mean"]
+    plotted = False
     for key in val_keys:
         points = [(xi, float(r[key])) for xi, r in zip(x, rows, strict=True) if r.get(key)]
         if points:
             ax_val.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("val_dice_"))
+            plotted = True
     ax_val.set(xlabel="step", ylabel="validation Dice", title="validation (held-out z-range)", ylim=(0, 1))
-    if val_keys:
+    if plotted:  # a run without validation samples has no scores to name
         ax_val.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
