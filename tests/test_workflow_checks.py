@@ -4,6 +4,7 @@ replaced by ../shared/data; a stopped benchmark says so and exits 130 without a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from sam4em.cli import main
+from sam4em.evaluation.metric_registry import score_keys
+from sam4em.training.config import ConfigError
+from sam4em.workflows.benchmark import run_benchmark
+from sam4em.workflows.demo import run_demo
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -63,3 +68,42 @@ def test_interrupted_benchmark_exits_130_with_one_line(tmp_path: Path, data_dir:
         f"sam4em: interrupted; finished runs are kept in {out}; rerun the same command to continue"
     )
     assert not (run_dir / "result.json").exists()  # a stopped run is not scored as finished
+
+
+def _result(dataset: str, profile: str) -> dict[str, object]:
+    """A finished pair's result.json as `run_one` writes it (scores made up: nothing is trained here)."""
+    return {"profile": profile, "dataset": dataset, "method": "unet2d", "base": "monai-unet", "weights": "random init",
+            "train_seconds": 1.0, "steps_stage1": 1, "steps_stage2": 0, "val_dice": 0.5, "test_slices": 2,
+            "slices_per_second": 1.0, "peak_memory_mb": 1.0, "classes": {"mito": dict.fromkeys(score_keys(), 0.5)}}
+
+
+def test_the_report_covers_every_finished_run_and_refuses_another_profile(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "bench"
+    for dataset in ("vnc", "lucchi_pp"):
+        (out / "runs" / dataset / "unet2d").mkdir(parents=True)
+        (out / "runs" / dataset / "unet2d" / "result.json").write_text(json.dumps(_result(dataset, "quick")))
+    # A call for one dataset reports the other one's finished run too, from an earlier call.
+    run_benchmark(profile="quick", data_dir=data_dir, out_dir=out, methods=["unet2d"], datasets=["vnc"], progress=False)
+    rows = (out / "results.md").read_text().splitlines()
+    assert [row.split(" | ")[0] for row in rows if row.startswith("| ") and "unet2d" in row] == ["| vnc", "| lucchi_pp"]
+    (out / "runs" / "isbi2012" / "unet2d").mkdir(parents=True)
+    (out / "runs" / "isbi2012" / "unet2d" / "result.json").write_text(json.dumps(_result("isbi2012", "full")))
+    with pytest.raises(ValueError, match=r"isbi2012/unet2d/result.json: a run of the full profile; a quick benchmark"):
+        run_benchmark(profile="quick", data_dir=data_dir, out_dir=out, methods=["unet2d"], datasets=["vnc"], progress=False)
+
+
+def test_a_demo_folder_made_with_other_minutes_is_named_as_such(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    """The demo resumes its own run by itself: the refusal of another config must not tell the user to
+    change a --resume flag the demo does not have."""
+    refusal = ("run: --resume with a config that differs from the run's in stage1.max_seconds, stage2.max_seconds; "
+               "resume with the run's own values")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ConfigError(refusal)
+
+    (tmp_path / "demo" / "run" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr("sam4em.workflows.demo.train", refuse)
+    with pytest.raises(ConfigError, match=r"demo: holds a demo run made with other settings \(they differ in "
+                                          r"stage1.max_seconds, stage2.max_seconds\); rerun with the --minutes") as caught:
+        run_demo(out_dir=tmp_path / "demo", data_dir=str(data_dir), minutes=1.0, progress=False)
+    assert "--resume" not in str(caught.value)

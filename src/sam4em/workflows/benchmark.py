@@ -14,6 +14,7 @@ training volume. Splits:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4em.atomic import write_text_atomically
 from sam4em.evaluation.metric_registry import score_keys
 from sam4em.evaluation.results_file import write_json
 from sam4em.training.methods import METHODS
@@ -227,6 +229,7 @@ def run_one(plan: DatasetPlan, method: str, profile: Profile, out_dir: Path, pro
     )
     np.save(run_dir / "test_probs.npy", probs.astype(np.float16))
     return {
+        "profile": profile.name,
         "dataset": plan.name,
         "method": method,
         "base": "monai-unet" if METHODS[method].from_scratch else profile.base,
@@ -318,12 +321,27 @@ def run_benchmark(
                 result_file.parent.mkdir(parents=True, exist_ok=True)
                 args = (plans[name], method, settings, out, result_file, progress)
                 run_in_process(context, _worker, args, f"{name}/{method}")
-            record = json.loads(result_file.read_text())
+            record = _finished(result_file, settings.name)
             records.append(record)
             mean_iou = np.mean([c["iou"] for c in record["classes"].values()])
             print(f"  {name:10s} {method:20s} IoU {mean_iou:.3f}  ({time.time() - started:.0f} s so far)", flush=True)
+    # The report covers every finished pair in this folder, also those an earlier call with other
+    # --methods or --datasets ran.
+    chosen = {(r["dataset"], r["method"]) for r in records}
+    for result_file in sorted(out.glob("runs/*/*/result.json")):
+        if (result_file.parent.parent.name, result_file.parent.name) not in chosen:
+            records.append(_finished(result_file, settings.name))
     write_results(records, out, settings, data)
     return out / "results.md"
+
+
+def _finished(result_file: Path, profile: str) -> dict[str, Any]:
+    """A finished pair's record; one of another profile (other budgets and crops) is refused, not mixed in."""
+    record: dict[str, Any] = json.loads(result_file.read_text())
+    if record.get("profile", profile) != profile:  # records written before the profile was recorded: as they are
+        raise ValueError(f"{result_file}: a run of the {record['profile']} profile; a {profile} benchmark needs "
+                         "its own --out")
+    return record
 
 
 def write_results(records: list[dict[str, Any]], out: Path, profile: Profile, data_dir: Path) -> None:
@@ -337,10 +355,11 @@ def write_results(records: list[dict[str, Any]], out: Path, profile: Profile, da
                 "steps": f"{record['steps_stage1']}+{record['steps_stage2']}",
                 "slices_per_second": record["slices_per_second"], "peak_memory_mb": record["peak_memory_mb"],
             })
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(out / "results.csv", table.getvalue())
     lines = [
         f"# sam4em benchmark ({profile.name} profile)",
         "",
@@ -358,7 +377,7 @@ def write_results(records: list[dict[str, Any]], out: Path, profile: Profile, da
             f"{r['hd95']:.0f} | {r['ap50']:.3f} | {r['msa']:.3f} | {r['voi']:.3f} | {r['flicker_ratio']:.2f} | "
             f"{r['val_dice']:.3f} | {r['train_seconds']:.0f} | {r['steps']} | {r['slices_per_second']:.2f} | {r['peak_memory_mb']:.0f} |"
         )
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text_atomically(out / "results.md", "\n".join(lines) + "\n")
     _bar_chart(rows, out / "iou.png")
 
 

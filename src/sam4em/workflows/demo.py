@@ -8,18 +8,20 @@ evaluates it against the expert labels and writes a short report with an overlay
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from sam4em.atomic import write_text_atomically
 from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir
 from sam4em.evaluation import evaluate_volumes, format_table
 from sam4em.evaluation.results_file import write_json
 from sam4em.inference.segment import segment_volume
 from sam4em.models import load_model
-from sam4em.training.config import config_from_dict
+from sam4em.training.config import ConfigError, config_from_dict
 from sam4em.training.plots import save_overlay_grid
 from sam4em.training.trainer import train
 
@@ -86,7 +88,15 @@ def run_demo(
     started = time.time()
     config = config_from_dict(demo_config(data, minutes))
     resume = (run_dir / "checkpoints").exists()
-    result = train(config, run_dir, resume=resume, progress=progress)
+    try:
+        result = train(config, run_dir, resume=resume, progress=progress)
+    except ConfigError as error:
+        changed = re.search(r"differs from the run's in (.*?); ", str(error))
+        if not resume or changed is None:
+            raise
+        # The demo continues its own run: one made with another --minutes (or data folder) cannot be continued.
+        raise ConfigError(f"{out}: holds a demo run made with other settings (they differ in {changed.group(1)}); "
+                          "rerun with the --minutes and --data-dir it was made with, or choose another --out") from None
     if result.interrupted:
         raise KeyboardInterrupt
     train_seconds = time.time() - started
@@ -111,7 +121,8 @@ def run_demo(
     )
     report = out / "report.md"
     scores = results.classes["mito"].values
-    report.write_text(
+    write_text_atomically(
+        report,
         "# sam4em demo: Lucchi++ mitochondria\n\n"
         f"- Model: `cpu-small` trained from scratch (random initialisation, no pretrained SAM2 weights) for "
         f"{train_seconds / 60:.1f} min on this machine; steps: stage 1 {result.steps.get(1, 0)}, stage 2 {result.steps.get(2, 0)}.\n"
