@@ -103,6 +103,11 @@ def test_resume_gives_identical_encoder_and_refuses_other_settings(tmp_path):
     rows = [line.split(",")[2] for line in (tmp_path / "full" / "metrics.csv").read_text().splitlines()[1:]]
     assert rows == [line.split(",")[2] for line in (tmp_path / "part" / "metrics.csv").read_text().splitlines()[1:]]
     assert (tmp_path / "full" / "reconstructions.png").stat().st_size > 0
+    # A resume of a finished run does nothing and reports the run's own outcome (not the NaN of no step).
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "full").iterdir() if p.is_file()}
+    again = pretrain(volumes, tmp_path / "full", _settings(), resume=True, progress=False)
+    assert again.already_complete and (again.steps, again.final_loss) == (4, round(full.final_loss, 4))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "full").iterdir() if p.is_file()} == written
 
 
 def test_pretrained_encoder_is_a_base_for_train_and_segment(tmp_path):

@@ -68,8 +68,9 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"sam4em: interrupted; checkpoint saved in {args.out}/checkpoints; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"pretrained {settings.base} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.3f} "
-          f"(mean predictor: 1.0); use it with `model.base: {args.out}`")
+    done = " (already complete: nothing to do)" if result.already_complete else ""
+    print(f"pretrained {settings.base} for {result.steps} steps in {result.seconds:.0f} s{done}; final loss "
+          f"{result.final_loss:.3f} (mean predictor: 1.0); use it with `model.base: {args.out}`")
     return 0
 
 

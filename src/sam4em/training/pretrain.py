@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,8 @@ class PretrainResult:
     seconds: float
     final_loss: float
     interrupted: bool = False
+    #: A resume of a run that had finished: nothing was done, the numbers are the run's.
+    already_complete: bool = False
 
 
 def masked_reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, masks: torch.Tensor, mask_unit: int) -> torch.Tensor:
@@ -90,8 +93,9 @@ def masked_reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tenso
     return (error * hidden).sum() / hidden.sum().clamp(min=1)
 
 
-def _prepare(out_dir: Path, settings: PretrainSettings, *, resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one made with other settings; write config.yaml."""
+def _prepare(out_dir: Path, settings: PretrainSettings, *, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite a run, or to resume one made with other settings; write config.yaml. Returns
+    the recorded outcome of a run that is finished already (its files are left as they are), else None."""
     config = out_dir / PRETRAIN_CONFIG
     started = (out_dir / "checkpoints").exists() or (out_dir / ENCODER_FILE).exists()
     record = {"pretrain": dataclasses.asdict(settings)}
@@ -102,8 +106,12 @@ def _prepare(out_dir: Path, settings: PretrainSettings, *, resume: bool) -> None
         differ = sorted(k for k, v in record["pretrain"].items() if stored.get(k) != v)
         if differ:
             raise ValueError(f"{config}: --resume with other settings ({', '.join(differ)}); resume with the same ones or choose a new --out")
+        outcome = (yaml.safe_load(config.read_text()) or {}).get("outcome")
+        if (out_dir / ENCODER_FILE).exists() and outcome:  # written last: the run is complete
+            return dict(outcome)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(config, yaml.safe_dump(record, sort_keys=False))
+    return None
 
 
 def pretrain(
@@ -129,7 +137,9 @@ def pretrain(
         settings.base, pretrained=settings.pretrained, image_size=settings.image_size, mask_unit=settings.mask_unit
     )
     crops = UnlabelledCrops(sources, crop_size=model.image_size, samples=2**62, seed=settings.seed)
-    _prepare(out_dir, settings, resume=resume)
+    finished = _prepare(out_dir, settings, resume=resume)
+    if finished is not None:
+        return PretrainResult(out_dir, finished["steps"], finished["seconds"], finished["final_loss"], already_complete=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
     step, seconds_before = 0, 0.0
     checkpoint = load_checkpoint(out_dir / "checkpoints") if resume else None
