@@ -137,6 +137,20 @@ def test_output_under_a_regular_file_is_refused_in_one_line(
     assert (tmp_path / "out.tif").read_bytes() == b"not a folder"
 
 
+def test_output_in_a_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder (or file system): one line naming it, before the model loads, not an OSError about
+    the claim file. Permission bits do not bind root, who runs these tests, so the check itself is mocked."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("sam4em.claim.os.access", lambda path, mode: Path(path) != locked)
+    code = main(["segment", str(image), str(locked / "out.zarr"), *CLI_OPTIONS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"cannot write into {locked}" in err[0], err
+    assert list(locked.iterdir()) == []
+
+
 def test_same_output_through_a_symlinked_folder_is_one_claim(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")

@@ -198,3 +198,15 @@ def test_an_output_format_that_cannot_store_the_dtype_is_refused_before_the_mode
     err = capsys.readouterr().err.strip()
     assert code == 2 and "N5 stores cannot store probs as float16" in err and "\n" not in err
     assert not (tmp_path / "o.n5").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"block_size": 0}, r"block_size must be an integer >= 1, got 0 \(--block-size\)"),
+    ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0 \(--batch-size\)"),
+    ({"min_size": -5}, r"min_size must be an integer >= 0, got -5 \(--min-size\)"),
+    ({"halo": (-1, 8)}, r"halo must be >= 0 pixels, got \[-1, 8\] \(--halo\)"),
+])
+def test_options_out_of_range_are_refused_naming_the_flag(options: dict, message: str) -> None:
+    """Before, a batch size of 0 ran as 1 without a word, and the others failed later naming no option."""
+    with pytest.raises(ValueError, match=message):
+        SegmentOptions(**options)

@@ -45,11 +45,16 @@ def claim_file(output: str | os.PathLike[str]) -> Path:
 
 
 def refuse_file_parent(output: str | os.PathLike[str]) -> None:
-    """Refuse an output whose nearest existing parent is a file (``out.tif/x.zarr``): it cannot be made."""
+    """Refuse an output whose nearest existing parent is a file (``out.tif/x.zarr``) or a folder this process
+    cannot write: it cannot be made."""
     output = Path(output).absolute()
     blocker = next(p for p in output.parents if p.exists())
     if not blocker.is_dir():
         raise Sam4emError(f"{output}: {blocker} is a file, not a folder; write the output into a folder")
+    # Checked before any work: the claim file, a partial sibling and the output itself are made there.
+    if not os.access(blocker, os.W_OK | os.X_OK):
+        raise Sam4emError(f"{output}: cannot write into {blocker} (no permission, or a read-only file system); "
+                          "choose an output folder you can write")
 
 
 def _holder(path: Path) -> str:

@@ -111,6 +111,12 @@ class SegmentOptions:
             object.__setattr__(self, "device", str(self.device))
         if self.streams is not None and (isinstance(self.streams, bool) or not isinstance(self.streams, int) or self.streams < 1):
             raise ValueError(f"streams must be a positive number of z-blocks, got {self.streams!r}; pass e.g. --streams 4")
+        for name, least in (("batch_size", 1), ("block_size", 1), ("min_size", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r} (--{name.replace('_', '-')})")
+        if self.halo is not None and min(self.halo) < 0:
+            raise ValueError(f"halo must be >= 0 pixels, got {list(self.halo)} (--halo)")
 
     def replace(self, **changes: Any) -> SegmentOptions:
         """A copy with ``changes`` (field names), validated again."""
