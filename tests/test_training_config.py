@@ -177,3 +177,12 @@ def test_values_that_cannot_train_are_refused_naming_the_field(override: str, me
     volumes = [{**VOLUMES[0], "z_range": [0, 5, 9]}]
     with pytest.raises(ConfigError, match=r"volumes\[0\].z_range: expected \[start, stop\], got \[0, 5, 9\]"):
         config_from_dict({"volumes": volumes})
+
+
+def test_set_reaches_into_a_volume_by_its_index() -> None:
+    volumes = [dict(VOLUMES[0]), {"image": "b.tif", "labels": "b_labels.tif"}]
+    config = config_from_dict({"volumes": volumes}, ["volumes[1].val_fraction=0.3", "volumes[0].labels=new.tif"])
+    assert (config.volumes[0].labels, config.volumes[1].val_fraction) == ("new.tif", 0.3)
+    assert "val_fraction" not in volumes[1] and volumes[0]["labels"] == "labels.tif"  # the caller's data is left alone
+    with pytest.raises(ConfigError, match=r"--set 'volumes\[2\].labels=x.tif': the config has no volumes\[2\]"):
+        config_from_dict({"volumes": volumes}, ["volumes[2].labels=x.tif"])

@@ -4,11 +4,13 @@ A config names the training volumes (with their class mapping and validation spl
 (`sam4em.training.methods`), the base model and its build options, and the stages to run (unset: every
 stage the method trains). ``${VAR}`` in strings is expanded from the
 environment (``${SAM4EM_DATA_DIR}`` in the example configs); ``--set key=value`` overrides any field
-by its dotted path, with the value parsed as YAML (``--set stages=[2]``, ``--set stage1.steps=50``).
+by its dotted path, with the value parsed as YAML (``--set stages=[2]``, ``--set stage1.steps=50``,
+``--set volumes[0].val_fraction=0.2``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -234,8 +236,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+#: A list item in a dotted path: ``volumes[0]``.
+_ITEM = re.compile(r"(\w+)\[(\d+)\]")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to plain config data."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to plain config data; ``volumes[0].labels``
+    reaches into an existing list item. `data` itself is left as it was."""
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set stage1.steps=50")
@@ -243,7 +251,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         target = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            target = target.setdefault(part, {})
+            listed = _ITEM.fullmatch(part)
+            if listed:
+                items, index = target.get(listed.group(1)), int(listed.group(2))
+                if not isinstance(items, list) or index >= len(items):
+                    raise ConfigError(f"--set {item!r}: the config has no {part}")
+                target = items[index]
+            else:
+                target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
         target[parts[-1]] = yaml.safe_load(raw)
