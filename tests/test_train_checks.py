@@ -304,6 +304,14 @@ def _readme_train_commands() -> list[str]:
     return [line for line in lines if " configs/" in line]
 
 
+def test_readme_config_for_your_own_stack_is_a_valid_config():
+    """The README's YAML example is read as the trainer reads a config, so it cannot drift from the keys."""
+    [block] = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    config = config_from_dict(yaml.safe_load(block))
+    assert config.classes == "mito=255,synapse=128|129,ignore=7" and config.volumes[0].val_fraction == 0.15
+    assert (config.model.base, config.stage1.lr, config.stage2.clip_length) == ("cpu-small", 5e-4, 8)
+
+
 def test_readme_train_examples_name_existing_configs():
     named = {Path(word).name for line in _readme_train_commands() for word in shlex.split(line) if word.startswith("configs/")}
     assert {"vnc.yaml", "lucchi_pp.yaml"} <= named
