@@ -174,6 +174,8 @@ def test_values_that_cannot_train_are_refused_naming_the_field(override: str, me
     budget of 0), train one step silently (a negative one), or name no field."""
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"volumes": VOLUMES, "classes": "mito=255,glia=128"}, [override])
+    # A stage that does not run needs no budget (the benchmark gives a 2D U-Net's absent stage 2 none).
+    config_from_dict({"volumes": VOLUMES, "stages": [1]}, ["stage2.max_seconds=0"])
     volumes = [{**VOLUMES[0], "z_range": [0, 5, 9]}]
     with pytest.raises(ConfigError, match=r"volumes\[0\].z_range: expected \[start, stop\], got \[0, 5, 9\]"):
         config_from_dict({"volumes": volumes})

@@ -348,7 +348,7 @@ def validate(config: TrainConfig) -> None:
 
 def _check_values(config: TrainConfig) -> None:
     """Values of the right type that still cannot train: a time budget, class weights, z-ranges."""
-    for name in ("stage1", "stage2"):
+    for name in (f"stage{number}" for number in config.stages_to_run):  # a stage that does not run needs no budget
         seconds = getattr(config, name).max_seconds
         if seconds is not None and seconds <= 0:
             raise ConfigError(f"{name}.max_seconds: must be > 0 (or left out: no time budget), got {seconds}")

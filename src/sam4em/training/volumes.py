@@ -41,8 +41,8 @@ def _split_volume(
     labels_key = volume.labels_key or labels_key
     for field, path in (("image", image_path), ("labels", labels_path)):
         if not has_scheme(path) and not Path(path).exists():
-            start = "" if Path(path).is_absolute() else f" (a relative path starts from the working directory, {Path.cwd()})"
-            raise ConfigError(f"volumes[{index}].{field}: {path}: no such file or folder{start}")
+            hint = "" if Path(path).is_absolute() else f" (a relative path starts from the working directory, {Path.cwd()})"
+            raise ConfigError(f"volumes[{index}].{field}: {path}: no such file or folder{hint}")
     with open_volume(image_path, key=image_key) as image, open_volume(labels_path, key=labels_key) as labels:
         if tuple(image.shape) != tuple(labels.shape):
             raise ConfigError(
