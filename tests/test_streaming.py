@@ -299,6 +299,17 @@ def test_refusals(tmp_path, raw_path, model):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_resume_for_other_classes_names_them(tmp_path, raw_path, model):
+    """Other classes look for other arrays; the refusal names the classes, not "another output type"."""
+    out = tmp_path / "probs.zarr"
+    options = {"direction": "forward", "block_size": 4, "classes": ["mito"]}
+    calls = iter([False, True])
+    with pytest.raises(Interrupted):
+        segment_to_file(raw_path, out, model, SegmentOptions(**options), stop=lambda: next(calls))
+    with pytest.raises(VolumeError, match=r"another run \(different class_names: \['mito'\] there, \['er'\] now\)"):
+        segment_to_file(raw_path, out, model, SegmentOptions(resume=True, **{**options, "classes": ["er"]}))
+
+
 def test_overwrite_swaps_only_when_complete(tmp_path, raw_path, model, blocked_forward):
     out = tmp_path / "labels.tif"
     with create_volume(out, (2, 3, 4), np.uint8, attrs={"note": "old"}) as old:

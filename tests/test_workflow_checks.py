@@ -88,8 +88,10 @@ def test_the_report_covers_every_finished_run_and_refuses_another_profile(tmp_pa
     assert [row.split(" | ")[0] for row in rows if row.startswith("| ") and "unet2d" in row] == ["| vnc", "| lucchi_pp"]
     (out / "runs" / "isbi2012" / "unet2d").mkdir(parents=True)
     (out / "runs" / "isbi2012" / "unet2d" / "result.json").write_text(json.dumps(_result("isbi2012", "full")))
+    (out / "runs" / "vnc" / "unet2d" / "result.json").unlink()  # to be trained again: refused before that starts
     with pytest.raises(ValueError, match=r"isbi2012/unet2d/result.json: a run of the full profile; a quick benchmark"):
         run_benchmark(profile="quick", data_dir=data_dir, out_dir=out, methods=["unet2d"], datasets=["vnc"], progress=False)
+    assert not (out / "runs" / "vnc" / "unet2d" / "config.yaml").exists()
 
 
 def test_a_demo_folder_made_with_other_minutes_is_named_as_such(tmp_path: Path, data_dir: Path, monkeypatch) -> None:

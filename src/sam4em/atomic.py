@@ -14,9 +14,13 @@ __all__ = ["remove_leftovers", "write_atomically", "write_text_atomically"]
 
 
 def _current_umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it: once, at import, before any writing thread starts
-    os.umask(mask)
-    return mask
+    try:  # Linux says it without changing it
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, flags=re.M).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        mask = os.umask(0o022)  # elsewhere reading it means setting it: once, at import
+        os.umask(mask)
+        return mask
 
 
 #: The process's umask: a file written here gets the permissions a plain ``open(path, "w")`` gives.

@@ -150,10 +150,10 @@ class ClassMapping:
         present: set[int] = set()
         for z in sampled:
             present.update(np.unique(self._check_labels(labels[z])).tolist())
-        for z in sorted(set(range(depth)) - set(sampled)):
+        for start in range(0, depth, max_slices):  # then slabs in order (one read per slab, not per slice)
             if set(self.all_codes) <= present:
                 break
-            present.update(np.unique(self._check_labels(labels[z])).tolist())
+            present.update(np.unique(self._check_labels(labels[start : start + max_slices])).tolist())
         return present
 
     @staticmethod
@@ -188,9 +188,9 @@ class ClassMapping:
 
         ``labels`` is a (Z, Y, X) array-like (lazy volumes are fine) or a (Y, X) array. For
         volumes with more than ``max_slices`` slices, that many evenly spaced slices are read
-        first (``None`` reads all at once); only a code missing from them makes it read the other
-        slices, one by one until every code is found, so a code that is rare along z (synapses) is
-        found without reading every slice of a common case. Raises :class:`ClassMappingError`
+        first (``None`` reads all at once); only a code missing from them makes it read the volume
+        in slabs of ``max_slices`` until every code is found, so a code that is rare along z
+        (synapses) is found without reading every slice of a common case. Raises :class:`ClassMappingError`
         naming the codes that are missing and the codes that do occur. With ``allow_empty``, labels
         holding only 0 (not a code of the mapping) are an annotation without foreground: a warning,
         not an error.

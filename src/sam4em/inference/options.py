@@ -66,8 +66,9 @@ class SegmentOptions:
         resume: continue a partial output written with the same model and recorded options.
 
     Raises:
-        ValueError: at construction, for an unknown output type, probability dtype or direction
-            (a block size or overlap out of range is refused when the blocks are planned).
+        ValueError: at construction, for an unknown output type, probability dtype or direction, and
+            for a batch size, block size, minimum size or halo out of range (an overlap out of range is
+            refused when the blocks are planned).
     """
 
     input_key: str | None = field(default=None, metadata=_recorded())

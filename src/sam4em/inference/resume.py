@@ -48,16 +48,18 @@ def choose_target(
             if not (found.complete and overwrite):
                 return output, False, False
         elif found is None and not overwrite:
-            raise _nothing_to_resume(output)
+            raise _nothing_to_resume(output, record)
         elif found is not None and not (found.complete and overwrite):
             raise _mixed_runs(output, found.run, record)
     return sibling, True, True
 
 
-def _nothing_to_resume(output: Path) -> VolumeError:
-    """The refusal to resume an output that holds no array of this run's kind: another output type's, or
-    no sam4em output at all."""
+def _nothing_to_resume(output: Path, record: dict[str, Any]) -> VolumeError:
+    """The refusal to resume an output that holds no array this run writes: arrays of other classes or
+    another key (another run, named by what differs), another output type's, or no sam4em output at all."""
     other = next((r for key in _keys(output) if (r := read_record(output, key)) is not None), None)
+    if other is not None and other.output_type == record.get("output_type"):
+        return _mixed_runs(output, other.run, record)
     if other is not None:
         return VolumeError(
             f"{output}: holds a sam4em output of --output-type {other.output_type}, not of this run's; to finish it, "

@@ -141,12 +141,13 @@ def pretrain(
     if finished is not None:
         return PretrainResult(out_dir, finished["steps"], finished["seconds"], finished["final_loss"], already_complete=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
-    step, seconds_before = 0, 0.0
+    step, seconds_before, loss_before = 0, 0.0, float("nan")
     checkpoint = load_checkpoint(out_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, seconds_before = checkpoint["step"], checkpoint["seconds"]
+        loss_before = float(checkpoint.get("loss", float("nan")))  # a run killed after its last step reports it
     log = MetricsLog(out_dir, (), enabled=True, tensorboard=settings.tensorboard)
     log.truncate_after(0, step)
     interrupt = Interrupt(should_stop)
@@ -155,11 +156,12 @@ def pretrain(
                          seconds_before=seconds_before)
     elapsed = budget.elapsed
     budget.start()
-    loss_value = float("nan")
+    loss_value = loss_before
 
     def save() -> None:
         save_checkpoint(out_dir / "checkpoints", {
-            "step": step, "seconds": elapsed(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "seconds": elapsed(), "loss": loss_value, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
         })
 
     model.train()

@@ -312,6 +312,7 @@ def run_benchmark(
     plans = dataset_plans(data, full_test=settings.full_test)
     print(f"sam4em benchmark, profile {profile}: {settings.note}", flush=True)
     context = multiprocessing.get_context("spawn")
+    finished = {path: _finished(path, settings.name) for path in sorted(out.glob("runs/*/*/result.json"))}  # refused now, not after hours
     records = []
     started = time.time()
     for name in datasets or list(plans):
@@ -321,16 +322,14 @@ def run_benchmark(
                 result_file.parent.mkdir(parents=True, exist_ok=True)
                 args = (plans[name], method, settings, out, result_file, progress)
                 run_in_process(context, _worker, args, f"{name}/{method}")
-            record = _finished(result_file, settings.name)
+            record = finished.get(result_file) or _finished(result_file, settings.name)
             records.append(record)
             mean_iou = np.mean([c["iou"] for c in record["classes"].values()])
             print(f"  {name:10s} {method:20s} IoU {mean_iou:.3f}  ({time.time() - started:.0f} s so far)", flush=True)
     # The report covers every finished pair in this folder, also those an earlier call with other
     # --methods or --datasets ran.
     chosen = {(r["dataset"], r["method"]) for r in records}
-    for result_file in sorted(out.glob("runs/*/*/result.json")):
-        if (result_file.parent.parent.name, result_file.parent.name) not in chosen:
-            records.append(_finished(result_file, settings.name))
+    records += [r for r in finished.values() if (r["dataset"], r["method"]) not in chosen]
     write_results(records, out, settings, data)
     return out / "results.md"
 
