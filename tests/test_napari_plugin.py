@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+import zarr
 
 pytest.importorskip(
     "napari", reason="the napari plugin is an optional extra: pip install -e '.[napari,gui-test]'"
@@ -243,6 +244,12 @@ def test_reader_opens_outputs_at_their_scale(make_napari_viewer_proxy, run_dir, 
     mito = viewer.layers["mito"]
     assert mito.multiscale and [level.shape for level in mito.data] == [volume.shape, (3, 64, 68)]
     assert mito.data[0].dtype == np.uint32
+    # An interrupted OME-Zarr output is marked too (its record is on each class's labels group).
+    for name in ("mito", "er"):
+        zarr.open_group(str(ome / "labels" / name), mode="r+").attrs[COMPLETE] = False
+    names = [kwargs["name"] for _, kwargs, _ in get_reader(str(ome))(str(ome))]
+    assert names[0] == "seg.ome.zarr input"
+    assert [name.partition(" (unfinished: ")[:2] for name in names[1:]] == [("mito", " (unfinished: "), ("er", " (unfinished: ")]
 
 
 def test_reader_opens_n5_and_hdf5_outputs(run_dir, tmp_path):

@@ -73,9 +73,7 @@ def read_output(path: Path) -> list[LayerData]:
     layers: list[LayerData] = []
     for key, record in _records(path):
         data, scale = _array(path, key)
-        name = f"{path.stem} {key}"
-        if not record.complete:  # an interrupted segment: its missing blocks show as empty, so say it
-            name += f" (unfinished: {record.blocks_done} of {record.blocks_total(int(data.shape[0]))} blocks)"
+        name = f"{path.stem} {key}{_unfinished(record, int(data.shape[0]))}"
         if record.output_type == "probs":
             values = data.astype(np.float32) / 255 if data.dtype == np.uint8 else data
             kwargs = {"name": name, "scale": scale, "colormap": "magma", "blending": "additive"}
@@ -83,6 +81,13 @@ def read_output(path: Path) -> list[LayerData]:
         else:
             layers.append((data, {"name": name, "scale": scale}, "labels"))
     return layers
+
+
+def _unfinished(record: OutputRecord | None, depth: int) -> str:
+    """A layer name's mark for an interrupted `sam4em segment` output, whose missing blocks show as empty."""
+    if record is None or record.complete:
+        return ""
+    return f" (unfinished: {record.blocks_done} of {record.blocks_total(depth)} blocks)"
 
 
 def _ome(group: zarr.Group) -> dict[str, Any]:
@@ -117,18 +122,23 @@ def _read_ome(path: Path) -> list[LayerData]:
         (data, {"name": f"{path.name} input", "scale": scale, "multiscale": multiscale}, "image")
     ]
     root = zarr.open_group(str(path), mode="r")
+    labels = root.get("labels")
+    label_names = _ome(labels).get("labels", []) if isinstance(labels, zarr.Group) else []
+    # The run record sits on the probabilities group, or on each class's labels group.
+    holder = PROBABILITIES if PROBABILITIES in root else f"labels/{label_names[0]}" if label_names else None
+    record = read_output_record(zarr.open_group(str(path / holder), mode="r").attrs.asdict()) if holder else None
+    mark = _unfinished(record, int(levels[0].shape[0]))
     if PROBABILITIES in root:
         levels, scale, channels = _pyramid(path, PROBABILITIES)
         for c, name in enumerate(channels):
             # One channel of every level, lazily: napari reads only what is on screen.
             data, multiscale = _levels([da.from_zarr(level)[c] for level in levels])
-            kwargs = {"name": f"{name} probability", "scale": scale, "multiscale": multiscale}
+            kwargs = {"name": f"{name} probability{mark}", "scale": scale, "multiscale": multiscale}
             layers.append((data, {**kwargs, "colormap": "magma", "blending": "additive"}, "image"))
-    labels = root.get("labels")
-    for name in _ome(labels).get("labels", []) if isinstance(labels, zarr.Group) else []:
+    for name in label_names:
         levels, scale, _ = _pyramid(path, f"labels/{name}")
         data, multiscale = _levels(levels)
-        layers.append((data, {"name": name, "scale": scale, "multiscale": multiscale}, "labels"))
+        layers.append((data, {"name": f"{name}{mark}", "scale": scale, "multiscale": multiscale}, "labels"))
     return layers
 
 
