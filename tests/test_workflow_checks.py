@@ -109,3 +109,15 @@ def test_a_demo_folder_made_with_other_minutes_is_named_as_such(tmp_path: Path, 
                                           r"stage1.max_seconds, stage2.max_seconds\); rerun with the --minutes") as caught:
         run_demo(out_dir=tmp_path / "demo", data_dir=str(data_dir), minutes=1.0, progress=False)
     assert "--resume" not in str(caught.value)
+
+
+def test_datasets_finds_the_data_where_benchmark_and_demo_do(tmp_path: Path, data_dir: Path, capsys, monkeypatch) -> None:
+    """Without --data-dir or $SAM4EM_DATA_DIR, `sam4em datasets` looks in ../shared/data as the workflows do."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(data_dir)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("SAM4EM_DATA_DIR", raising=False)
+    assert main(["datasets"]) == 0
+    [vnc] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("vnc ")]
+    assert vnc.endswith(f"[{tmp_path / 'shared' / 'data'}]"), vnc

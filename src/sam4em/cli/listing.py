@@ -14,7 +14,7 @@ def add_models_parser(sub: Subparsers) -> None:
 
 def add_datasets_parser(sub: Subparsers) -> None:
     datasets = sub.add_parser("datasets", help="list the public EM datasets and whether a local copy is found")
-    datasets.add_argument("--data-dir", help="local mirror (default: $SAM4EM_DATA_DIR)")
+    datasets.add_argument("--data-dir", help="local mirror (default: $SAM4EM_DATA_DIR, else ../shared/data)")
 
 
 def models_command(args: argparse.Namespace) -> int:
@@ -32,11 +32,14 @@ def models_command(args: argparse.Namespace) -> int:
 
 
 def datasets_command(args: argparse.Namespace) -> int:
-    from sam4em.datasets import get_dataset, get_spec, list_datasets
+    from sam4em.datasets import get_dataset, get_spec, list_datasets, resolve_data_dir
+    from sam4em.workflows.demo import shared_data_dir
 
+    # Where `benchmark` and `demo` look too: the folder given, else $SAM4EM_DATA_DIR, else ../shared/data.
+    root = resolve_data_dir(args.data_dir) or shared_data_dir()
     for name in list_datasets():
         try:
-            where = str(get_dataset(name, data_dir=args.data_dir).root)
+            where = str(get_dataset(name, data_dir=root).root)
         except (FileNotFoundError, ValueError):
             where = "not found locally"
         print(f"{name:12s} {get_spec(name).description} [{where}]")

@@ -29,21 +29,24 @@ from sam4em.training.trainer import train
 TEST_CROP = (slice(72, 88), slice(192, 576), slice(320, 704))
 
 
+def shared_data_dir() -> Path | None:
+    """../shared/data beside the working folder, where these sessions keep the public datasets; None if absent."""
+    fallback = Path.cwd().parent / "shared" / "data"
+    return fallback if fallback.is_dir() else None
+
+
 def find_data_dir(data_dir: str | os.PathLike[str] | None, datasets: Sequence[str] = ("lucchi_pp",)) -> Path:
     """The folder holding ``datasets``: `data_dir`, else $SAM4EM_DATA_DIR, else ../shared/data.
 
     A folder that is given (argument or environment) is used or refused, never replaced by the
     fallback: a typo must not make a long run read other data than asked for.
     """
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir) or shared_data_dir()
     if root is None:
-        fallback = Path.cwd().parent / "shared" / "data"
-        if not fallback.is_dir():
-            raise DatasetNotFoundError(
-                f"no data folder: pass --data-dir or set $SAM4EM_DATA_DIR to a folder holding {', '.join(datasets)} "
-                "(see `sam4em datasets` for where to get them)"
-            )
-        root = fallback
+        raise DatasetNotFoundError(
+            f"no data folder: pass --data-dir or set $SAM4EM_DATA_DIR to a folder holding {', '.join(datasets)} "
+            "(see `sam4em datasets` for where to get them)"
+        )
     if not root.is_dir():
         given = "--data-dir" if data_dir is not None else "$SAM4EM_DATA_DIR"
         raise DatasetNotFoundError(f"{root}: no such folder (given as {given}; check the path)")
