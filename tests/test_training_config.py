@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from sam4em.training.config import (
     validate,
 )
 from sam4em.training.methods import METHOD_NAMES, METHODS
+from sam4em.training.preflight import warn_untrained_start
 from sam4em.training.stage import stage_settings
 from sam4em.training.trainer import train
 from sam4em.training.validation import dice_from_counts
@@ -188,3 +190,12 @@ def test_set_reaches_into_a_volume_by_its_index() -> None:
     assert "val_fraction" not in volumes[1] and volumes[0]["labels"] == "labels.tif"  # the caller's data is left alone
     with pytest.raises(ConfigError, match=r"--set 'volumes\[2\].labels=x.tif': the config has no volumes\[2\]"):
         config_from_dict({"volumes": volumes}, ["volumes[2].labels=x.tif"])
+
+
+def test_stage_2_alone_without_init_from_warns_that_stage_1_s_parts_start_untrained() -> None:
+    with pytest.warns(UserWarning, match=r"stages: \[2\] without init_from: the prompt generator and decoders"):
+        warn_untrained_start(config_from_dict({"volumes": VOLUMES, "stages": [2]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_untrained_start(config_from_dict({"volumes": VOLUMES, "stages": [2], "init_from": "runs/stage1"}))
+        warn_untrained_start(config_from_dict({"volumes": VOLUMES, "stages": [1, 2]}))

@@ -10,6 +10,7 @@ the numbers and the fix.
 from __future__ import annotations
 
 import math
+import warnings
 
 from sam4em.data.samples import VolumeSource
 from sam4em.training.config import ConfigError, TrainConfig
@@ -64,3 +65,15 @@ def check_batches(config: TrainConfig, world: int) -> None:
                 f"stage{stage}.batch_size {batch} must be divisible by grad_accumulation x processes "
                 f"({config.grad_accumulation} x {world}); change stage{stage}.batch_size or grad_accumulation"
             )
+
+
+def warn_untrained_start(config: TrainConfig) -> None:
+    """Stage 2 alone, without `init_from`, starts the parts stage 1 trains (prompt generator, adapter,
+    decoders) from their initialisation: allowed (an ablation), but rarely what was meant."""
+    if config.stages_to_run == [2] and config.init_from is None:
+        warnings.warn(
+            "stages: [2] without init_from: the prompt generator and decoders start untrained (stage 1 trains them); "
+            "set init_from to a run that finished stage 1, or run stages [1, 2]",
+            UserWarning,
+            stacklevel=2,
+        )

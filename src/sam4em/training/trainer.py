@@ -36,7 +36,7 @@ from sam4em.training.config import ConfigError, TrainConfig, validate
 from sam4em.training.distributed import init_distributed, training_device
 from sam4em.training.method_builder import TrainableModel, build_method, is_clip_model
 from sam4em.training.plots import plot_training_curves, plot_validation_overlay
-from sam4em.training.preflight import check_batches, check_splits
+from sam4em.training.preflight import check_batches, check_splits, warn_untrained_start
 from sam4em.training.run_folder import check_run_dir, prepare_run_dir
 from sam4em.training.run_log import Interrupt, MetricsLog
 from sam4em.training.selection import RunResult, run_record
@@ -116,6 +116,7 @@ def _checked_model(
     train_sources, val_sources = volume_sources(config, mapping)
     check_splits(config, train_sources, val_sources)
     check_batches(config, world)
+    warn_untrained_start(config)
     source = load_model(config.init_from) if config.init_from else None
     model = build_method(config, mapping.names, starts_from=source).to(device)
     if source is not None:
