@@ -13,7 +13,6 @@ autocast, as `segment` runs there.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -21,6 +20,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from model_options import model_parser  # beside this script
 
 from sam4em.models import build_model
 from sam4em.models.compiled import compile_parts
@@ -34,12 +34,7 @@ def _probabilities(model: Any, images: torch.Tensor, slices: int) -> torch.Tenso
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--model", default="cpu-small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser = model_parser(__doc__, repeats=6)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

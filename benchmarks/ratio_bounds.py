@@ -17,10 +17,10 @@ On CUDA the calls run under bf16 autocast, as `segment` runs there (`model_rates
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
+from model_options import model_parser  # beside this script
 
 from sam4em.models import build_model
 from sam4em.workflows.speed_benchmark import model_rates
@@ -36,12 +36,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--model", default="cpu-small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser = model_parser(__doc__, repeats=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (the speed profile uses 2)")
     args = parser.parse_args()
