@@ -24,6 +24,8 @@ from sam4em.claim import claim_output
 from sam4em.cli import main
 from sam4em.models import load_model
 from sam4em.training.config import ConfigError, config_from_dict, load_config
+from sam4em.training.config_error import ConfigChanged
+from sam4em.training.run_folder import check_same_config
 from sam4em.training.selection import RunResult
 from sam4em.training.step import StepLoss
 from sam4em.training.trainer import train
@@ -101,6 +103,9 @@ def test_resume_refuses_a_changed_config_naming_the_keys_and_keeps_config_yaml(t
     # A changed architecture is refused by name too, never by a traceback from loading the checkpoint.
     _fails([*base, "--set", "model.lora_rank=4"], capsys, "model.lora_rank")
     _fails([*base, "--set", "model.base=cpu-small"], capsys, "model.base")
+    with pytest.raises(ConfigChanged) as changed:  # the fields, for callers that continue a run themselves (the demo)
+        check_same_config(run, load_config(config, ["seed=5", "stage1.lr=0.1"]))
+    assert changed.value.fields == ["seed", "stage1.lr"]
     assert (run / "config.yaml").read_bytes() == recorded
     # Loader processes and TensorBoard change no number of the result: a resume may change them.
     assert main([*base, "--set", "num_workers=1", "--set", "tensorboard=true"]) == 0
@@ -247,7 +252,7 @@ def test_a_missing_volume_is_named_by_its_entry_and_where_relative_paths_start(t
     config = _yaml(tmp_path)
     monkeypatch.chdir(tmp_path)
     _fails(["train", str(config), "--out", str(tmp_path / "run"), "--set", "volumes=[{image: no.tif, labels: no.tif}]"],
-           capsys, "volumes[0].image: no.tif: no such file", f"working directory, {tmp_path}")
+           capsys, "volumes[0].image: no.tif: no such file", f"working directory, {tmp_path})")
     assert not (tmp_path / "run").exists()
 
 

@@ -17,6 +17,7 @@ import pytest
 from sam4em.cli import main
 from sam4em.evaluation.metric_registry import score_keys
 from sam4em.training.config import ConfigError
+from sam4em.training.config_error import ConfigChanged
 from sam4em.workflows.benchmark import run_benchmark
 from sam4em.workflows.demo import run_demo
 
@@ -97,11 +98,9 @@ def test_the_report_covers_every_finished_run_and_refuses_another_profile(tmp_pa
 def test_a_demo_folder_made_with_other_minutes_is_named_as_such(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
     """The demo resumes its own run by itself: the refusal of another config must not tell the user to
     change a --resume flag the demo does not have."""
-    refusal = ("run: --resume with a config that differs from the run's in stage1.max_seconds, stage2.max_seconds; "
-               "resume with the run's own values")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise ConfigError(refusal)
+    def refuse(*args: object, **kwargs: object) -> None:  # what the run folder's guard raises (run_folder.py)
+        raise ConfigChanged("run: --resume with a config that differs from the run's in stage1.max_seconds, "
+                            "stage2.max_seconds; resume with the run's own values", ["stage1.max_seconds", "stage2.max_seconds"])
 
     (tmp_path / "demo" / "run" / "checkpoints").mkdir(parents=True)
     monkeypatch.setattr("sam4em.workflows.demo.train", refuse)

@@ -382,6 +382,13 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
     return Path(env) if env else None
 
 
+def shared_data_dir() -> Path | None:
+    """../shared/data beside the working folder, where these sessions keep the public datasets; None if absent.
+    The last place `sam4em benchmark`, `demo` and `datasets` look, after ``--data-dir`` and ``$SAM4EM_DATA_DIR``."""
+    fallback = Path.cwd().parent / "shared" / "data"
+    return fallback if fallback.is_dir() else None
+
+
 def _missing(spec: DatasetSpec, root: Path) -> list[str]:
     return [rel for rel in spec.mirror_files() if not (root / rel).exists()]
 

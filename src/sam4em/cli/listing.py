@@ -32,8 +32,7 @@ def models_command(args: argparse.Namespace) -> int:
 
 
 def datasets_command(args: argparse.Namespace) -> int:
-    from sam4em.datasets import get_dataset, get_spec, list_datasets, resolve_data_dir
-    from sam4em.workflows.demo import shared_data_dir
+    from sam4em.datasets import get_dataset, get_spec, list_datasets, resolve_data_dir, shared_data_dir
 
     # Where `benchmark` and `demo` look too: the folder given, else $SAM4EM_DATA_DIR, else ../shared/data.
     root = resolve_data_dir(args.data_dir) or shared_data_dir()

@@ -13,26 +13,25 @@ from sam4em.data.class_mapping import ClassMapping
 from sam4em.evaluation.measure import ObjectsMode, measure_objects, write_csv
 from sam4em.io import VolumeError, open_volume, parse_path_key
 from sam4em.io.ome_zarr_output import is_ome_output
-from sam4em.io.output_record import read_output_record, require_complete
+from sam4em.io.output_record import OutputRecord, read_output_record, require_complete
 
 __all__ = ["measure_file"]
 
 
-def _record(volume: Any) -> dict[str, Any]:
-    """The run record of a finished sam4em segmentation output; empty for other volumes. An unfinished
-    one is refused: its missing blocks would be measured as empty."""
+def _finished_record(volume: Any) -> OutputRecord | None:
+    """The record of a finished sam4em segmentation output; None for other volumes. An unfinished one is
+    refused: its missing blocks would be measured as empty."""
     found = read_output_record(volume.attrs)
-    if found is None:
-        return {}
-    require_complete(found, f"{volume.path}:{volume.key}" if volume.key else str(volume.path), int(volume.shape[0]))
-    return {**found.run, "instance_ranges": found.instance_ranges}
+    if found is not None:
+        require_complete(found, volume)
+    return found
 
 
-def _name_instances(table: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+def _name_instances(table: dict[str, np.ndarray], record: OutputRecord | None) -> None:
     """A sam4em instance output of several classes records each class's id range: name each object's class."""
-    names, ranges = record.get("class_names") or [], record.get("instance_ranges")
-    if not ranges or len(ranges) != len(names):
+    if record is None or record.instance_ranges is None or len(record.instance_ranges) != len(record.class_names):
         return
+    names, ranges = record.class_names, record.instance_ranges
     ids, classes = table["label"], table["class"].astype(object)
     for name, (first, last) in zip(names, ranges, strict=True):
         classes[(ids >= first) & (ids <= last)] = str(name)
@@ -111,7 +110,8 @@ def measure_file(
             raise VolumeError(
                 f"{volume.path}: labels must be integers, not {volume.dtype} (pass a label volume)"
             )
-        record = _record(volume)
+        found = _finished_record(volume)
+        record = {} if found is None else found.run
         mode = _objects_mode(volume, record, objects)
         codes = _class_codes(classes, record, volume.key) if mode == "components" else None
         if probabilities is None:
@@ -120,7 +120,7 @@ def measure_file(
             )
         else:
             with open_volume(probabilities) as probs:
-                _record(probs)
+                _finished_record(probs)
                 if probs.shape != volume.shape:
                     raise VolumeError(
                         f"{probs.path}: shape {probs.shape} differs from the labels' {volume.shape}"
@@ -130,5 +130,5 @@ def measure_file(
                     chunk_z=chunk_z, connectivity=connectivity,
                 )  # fmt: skip
     if mode == "ids":
-        _name_instances(table, record)
+        _name_instances(table, found)
     return write_csv(table, target, overwrite=overwrite)

@@ -92,10 +92,6 @@ def _where(path: Path, key: str | None) -> str:
     return f"{path}:{key}" if key else str(path)
 
 
-def _check_complete(record: OutputRecord, volume: Volume) -> None:
-    require_complete(record, _where(volume.path, volume.key), int(volume.shape[0]))
-
-
 def _match(wanted: Sequence[str], recorded: Sequence[str], where: str) -> dict[str, int]:
     """Class name -> index among ``recorded``; one class matches one class whatever the names."""
     if len(wanted) == 1 and len(recorded) == 1:
@@ -130,7 +126,7 @@ def _probability_arrays(
     index = _match(names, recorded, _where(path, key))
     chosen = [found[recorded[index[name]]] for name in names]
     for volume, record in chosen:
-        _check_complete(record, volume)
+        require_complete(record, volume)
     return _stacked_probs([volume for volume, _ in chosen], chosen[0][1], names)
 
 
@@ -140,7 +136,7 @@ def _stacked_probs(volumes: list[Volume], record: OutputRecord, names: Sequence[
 
 
 def _sam4em_output(volume: Volume, record: OutputRecord, names: Sequence[str]) -> Prediction:
-    _check_complete(record, volume)
+    require_complete(record, volume)
     where = _where(volume.path, volume.key)
     if record.output_type == "probs":
         # One class's array, opened by its key (or as the container's only array).
@@ -179,7 +175,7 @@ def _ome_output(path: Path, key: str | None, names: Sequence[str], stack: ExitSt
     recorded = [key.strip("/").rsplit("/", 1)[-1]] if key else record.class_names
     index = _match(names, recorded, _where(path, key))
     volumes = [stack.enter_context(open_output(path, f"{prefix}/{recorded[index[name]]}")) for name in names]
-    _check_complete(record, volumes[0])
+    require_complete(record, volumes[0])
     if prefix == PROBABILITIES:
         return _stacked_probs(volumes, record, names)
     # Each class apart: 0/1 for labels, its own instance ids for instances; non-zero is the class.

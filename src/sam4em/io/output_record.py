@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sam4em.io.base import VolumeError
+from sam4em.io.base import Volume, VolumeError
 
 __all__ = [
     "BLOCKS_DONE",
@@ -92,10 +92,12 @@ def read_output_record(attrs: Mapping[str, Any]) -> OutputRecord | None:
     )
 
 
-def require_complete(record: OutputRecord, where: str, n_slices: int) -> None:
-    """Refuse an unfinished output (an interrupted `sam4em segment`): its missing blocks read as empty."""
+def require_complete(record: OutputRecord, volume: Volume) -> None:
+    """Refuse the unfinished output `volume` (an interrupted `sam4em segment`): its missing blocks read as empty."""
     if not record.complete:
+        where = f"{volume.path}:{volume.key}" if volume.key else str(volume.path)
+        total = record.blocks_total(int(volume.shape[0]))
         raise VolumeError(
-            f"{where}: is an unfinished `sam4em segment` output ({record.blocks_done} of {record.blocks_total(n_slices)} "
-            "z-blocks written); finish it by rerunning the same `sam4em segment` command with --resume"
+            f"{where}: is an unfinished `sam4em segment` output ({record.blocks_done} of {total} z-blocks written); "
+            "finish it by rerunning the same `sam4em segment` command with --resume"
         )

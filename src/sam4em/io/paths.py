@@ -50,7 +50,8 @@ def _missing_reason(path: Path) -> str:
             return f"{path}: is a symbolic link to a missing file ({os.readlink(path)}; fix the link or the path)"
         except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) since
             return f"{path}: is a symbolic link that loops back on itself (point the link at the real file)"
-    return f"{path}: no such file or directory (check the path)"
+    start = "" if path.is_absolute() else f"; a relative path starts from the working directory, {Path.cwd()}"
+    return f"{path}: no such file or directory (check the path{start})"
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

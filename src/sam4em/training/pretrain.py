@@ -102,13 +102,13 @@ def _prepare(out_dir: Path, settings: PretrainSettings, *, resume: bool) -> dict
     if started and not resume:
         raise FileExistsError(f"{out_dir}: holds a pretraining run already; pass --resume to continue it or choose a new --out")
     if resume and config.exists():
-        stored = (yaml.safe_load(config.read_text()) or {}).get("pretrain", {})
+        recorded = yaml.safe_load(config.read_text()) or {}
+        stored = recorded.get("pretrain", {})
         differ = sorted(k for k, v in record["pretrain"].items() if stored.get(k) != v)
         if differ:
             raise ValueError(f"{config}: --resume with other settings ({', '.join(differ)}); resume with the same ones or choose a new --out")
-        outcome = (yaml.safe_load(config.read_text()) or {}).get("outcome")
-        if (out_dir / ENCODER_FILE).exists() and outcome:  # written last: the run is complete
-            return dict(outcome)
+        if (out_dir / ENCODER_FILE).exists() and recorded.get("outcome"):  # written last: the run is complete
+            return dict(recorded["outcome"])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(config, yaml.safe_dump(record, sort_keys=False))
     return None
@@ -141,13 +141,13 @@ def pretrain(
     if finished is not None:
         return PretrainResult(out_dir, finished["steps"], finished["seconds"], finished["final_loss"], already_complete=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
-    step, seconds_before, loss_before = 0, 0.0, float("nan")
+    step, seconds_before, loss_value = 0, 0.0, float("nan")
     checkpoint = load_checkpoint(out_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, seconds_before = checkpoint["step"], checkpoint["seconds"]
-        loss_before = float(checkpoint.get("loss", float("nan")))  # a run killed after its last step reports it
+        loss_value = float(checkpoint.get("loss", loss_value))  # a run killed after its last step reports it
     log = MetricsLog(out_dir, (), enabled=True, tensorboard=settings.tensorboard)
     log.truncate_after(0, step)
     interrupt = Interrupt(should_stop)
@@ -156,7 +156,6 @@ def pretrain(
                          seconds_before=seconds_before)
     elapsed = budget.elapsed
     budget.start()
-    loss_value = loss_before
 
     def save() -> None:
         save_checkpoint(out_dir / "checkpoints", {

@@ -19,6 +19,7 @@ from sam4em.atomic import remove_leftovers, write_text_atomically
 from sam4em.fingerprint import mismatches
 from sam4em.models.info import PER_CLASS_BEFORE
 from sam4em.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from sam4em.training.config_error import ConfigChanged
 from sam4em.training.data_fingerprint import check_same_data, write_data_fingerprint
 
 # Data-loader processes (each sample is a function of seed, stage and index, whoever reads it) and
@@ -97,8 +98,8 @@ def check_same_config(out_dir: Path, config: TrainConfig) -> None:
         own = f"the run's own values (recorded in {path})"
         if implied:
             own += f" and {' '.join(implied)}, as the run used ({path} predates them),"
-        raise ConfigError(f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with {own} "
-                          f"or {fix}")
+        raise ConfigChanged(f"{out_dir}: --resume with a config that differs from the run's in {shown}; resume with "
+                            f"{own} or {fix}", changed)
 
 
 def _with_values_before(recorded: dict[str, Any]) -> dict[str, Any]:

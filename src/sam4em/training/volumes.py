@@ -3,13 +3,11 @@ and the dataset of one stage over either."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sam4em.data.augment import AugmentConfig
 from sam4em.data.class_mapping import ClassMapping, ClassMappingError
 from sam4em.data.samples import ClipDataset, SliceCropDataset, VolumeSource, resolve_labelled_slices
 from sam4em.data.splits import split_z
-from sam4em.io import has_scheme, open_volume, parse_path_key
+from sam4em.io import Volume, VolumeError, open_volume, parse_path_key
 from sam4em.training.config import ConfigError, StageConfig, TrainConfig, VolumeConfig
 from sam4em.training.preflight import stage_depths
 
@@ -30,6 +28,14 @@ def volume_sources(config: TrainConfig, mapping: ClassMapping) -> tuple[list[Vol
     return train, val
 
 
+def _opened(index: int, field: str, path: str, key: str | None) -> Volume:
+    """`open_volume`, its refusal naming the config entry (``volumes[0].image: ...``)."""
+    try:
+        return open_volume(path, key=key)
+    except VolumeError as error:
+        raise ConfigError(f"volumes[{index}].{field}: {error}") from None
+
+
 def _split_volume(
     index: int, volume: VolumeConfig, mapping: ClassMapping, gap: int
 ) -> tuple[VolumeSource, VolumeSource | None]:
@@ -39,11 +45,7 @@ def _split_volume(
     labels_path, labels_key = parse_path_key(volume.labels)
     image_key = volume.image_key or image_key
     labels_key = volume.labels_key or labels_key
-    for field, path in (("image", image_path), ("labels", labels_path)):
-        if not has_scheme(path) and not Path(path).exists():
-            hint = "" if Path(path).is_absolute() else f" (a relative path starts from the working directory, {Path.cwd()})"
-            raise ConfigError(f"volumes[{index}].{field}: {path}: no such file or folder{hint}")
-    with open_volume(image_path, key=image_key) as image, open_volume(labels_path, key=labels_key) as labels:
+    with _opened(index, "image", image_path, image_key) as image, _opened(index, "labels", labels_path, labels_key) as labels:
         if tuple(image.shape) != tuple(labels.shape):
             raise ConfigError(
                 f"volumes[{index}]: image {image_path} has shape {tuple(image.shape)} but labels {labels_path} "

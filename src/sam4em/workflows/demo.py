@@ -8,7 +8,6 @@ evaluates it against the expert labels and writes a short report with an overlay
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,23 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from sam4em.atomic import write_text_atomically
-from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir
+from sam4em.datasets import DatasetNotFoundError, get_dataset, resolve_data_dir, shared_data_dir
 from sam4em.evaluation import evaluate_volumes, format_table
 from sam4em.evaluation.results_file import write_json
 from sam4em.inference.segment import segment_volume
 from sam4em.models import load_model
 from sam4em.training.config import ConfigError, config_from_dict
+from sam4em.training.config_error import ConfigChanged
 from sam4em.training.plots import save_overlay_grid
 from sam4em.training.trainer import train
 
 # A test crop small enough to segment in about a minute on two cores: 16 slices, 384 x 384.
 TEST_CROP = (slice(72, 88), slice(192, 576), slice(320, 704))
-
-
-def shared_data_dir() -> Path | None:
-    """../shared/data beside the working folder, where these sessions keep the public datasets; None if absent."""
-    fallback = Path.cwd().parent / "shared" / "data"
-    return fallback if fallback.is_dir() else None
 
 
 def find_data_dir(data_dir: str | os.PathLike[str] | None, datasets: Sequence[str] = ("lucchi_pp",)) -> Path:
@@ -93,12 +87,9 @@ def run_demo(
     resume = (run_dir / "checkpoints").exists()
     try:
         result = train(config, run_dir, resume=resume, progress=progress)
-    except ConfigError as error:
-        changed = re.search(r"differs from the run's in (.*?); ", str(error))
-        if not resume or changed is None:
-            raise
+    except ConfigChanged as changed:
         # The demo continues its own run: one made with another --minutes (or data folder) cannot be continued.
-        raise ConfigError(f"{out}: holds a demo run made with other settings (they differ in {changed.group(1)}); "
+        raise ConfigError(f"{out}: holds a demo run made with other settings (they differ in {', '.join(changed.fields)}); "
                           "rerun with the --minutes and --data-dir it was made with, or choose another --out") from None
     if result.interrupted:
         raise KeyboardInterrupt
